@@ -1,0 +1,123 @@
+"""Recorded traces: an event table in Parquet plus a metadata record.
+
+The event table has one row per ring-buffer event (columns in
+``probes.event.TRACE_COLUMNS`` plus ``function``, the documented name of the
+probed function). The metadata record (a JSON object) is stored twice: inside
+the Parquet file's schema metadata under the key ``callpath`` (so one file is
+self-contained) and beside it as ``<name>.meta.json`` for people and ``jq``.
+
+Metadata keys: ``kernel`` (release), ``mechanism``, ``plan`` (probe plan dict),
+``specs`` (files read), ``events``, ``lost``, ``workloads``, ``started``/
+``ended`` (ISO-8601 UTC), ``host`` (machine name), ``lab`` (lab VM facts or null).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"callpath"
+
+SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("ts_ns", pa.uint64()),
+        ("kind", pa.uint8()),
+        ("func_id", pa.uint32()),
+        ("function", pa.string()),
+        ("tid", pa.uint32()),
+        ("tgid", pa.uint32()),
+        ("cpu", pa.uint32()),
+        ("skb", pa.uint64()),
+        ("ifindex", pa.int32()),
+        ("netns", pa.uint32()),
+        ("retval", pa.int64()),
+        ("comm", pa.string()),
+    ]
+)
+
+
+class TraceError(ValueError):
+    """A trace file is missing, unreadable or not a callpath trace."""
+
+
+@dataclass
+class Trace:
+    """Events and metadata of one recording.
+
+    Attributes:
+        events: DataFrame with the columns of :data:`SCHEMA`, arrival order.
+        meta: the metadata record (see module docstring).
+    """
+
+    events: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def kernel(self) -> str:
+        return self.meta.get("kernel", "unknown")
+
+
+def empty_events() -> pd.DataFrame:
+    """An event table with the right columns and no rows."""
+    return SCHEMA.empty_table().to_pandas()
+
+
+def events_from_rows(rows: list[tuple], id_to_name: dict[int, str]) -> pd.DataFrame:
+    """Build the event table from decoded ring-buffer rows.
+
+    Args:
+        rows: tuples in ``probes.event.TRACE_COLUMNS`` order (``comm`` as bytes or str).
+        id_to_name: func_id -> documented function name.
+    """
+    cols = ("seq", "ts_ns", "kind", "func_id", "tid", "tgid", "cpu", "skb", "ifindex", "netns", "retval", "comm")
+    df = pd.DataFrame.from_records(rows, columns=cols) if rows else empty_events().drop(columns=["function"])
+    if len(df):
+        df["comm"] = [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in df["comm"]]
+    df.insert(4, "function", df["func_id"].map(lambda i: id_to_name.get(int(i), f"#{i}")) if len(df) else pd.Series(dtype=str))
+    table = pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
+    return table.to_pandas()
+
+
+def write_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` as Parquet at ``path`` and its metadata at ``<path stem>.meta.json``.
+
+    Returns the Parquet path. Raises ``OSError`` when the directory is not writable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(trace.events, schema=SCHEMA, preserve_index=False)
+    meta_json = json.dumps(trace.meta, indent=2, sort_keys=True, default=str)
+    table = table.replace_schema_metadata({META_KEY: meta_json.encode()})
+    pq.write_table(table, path, compression="zstd")
+    path.with_suffix(".meta.json").write_text(meta_json + "\n")
+    return path
+
+
+def read_trace(path: str | Path) -> Trace:
+    """Read a trace written by :func:`write_trace`.
+
+    Raises:
+        TraceError: the file does not exist, is not Parquet, or lacks callpath metadata.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "trace.parquet"
+    if not path.exists():
+        raise TraceError(f"{path}: no such trace file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TraceError(f"{path}: not a Parquet trace ({err})") from None
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise TraceError(f"{path}: Parquet file without callpath metadata (not written by callpath)")
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise TraceError(f"{path}: trace lacks columns {', '.join(missing)}")
+    return Trace(events=table.select(SCHEMA.names).to_pandas(), meta=json.loads(raw))

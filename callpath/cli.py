@@ -1,0 +1,224 @@
+"""The ``callpath`` command line: verify, record, report, kernels.
+
+``main(argv=None) -> int`` can be called from tests. Errors are one line on
+stderr, never a traceback; progress lines go to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+EXAMPLES = """\
+examples:
+  callpath verify                                 # shipped specs, built-in traffic, report in callpath-report/
+  callpath verify specs/macvlan-newlink-xmit.txt --workload macvlan --out /tmp/mv
+  callpath verify --kernel 6.1.0-56-amd64         # pick the lab kernel
+  callpath verify --host --duration 30            # this kernel; record 30 s of your own traffic
+  sudo callpath record specs/ --out t.parquet -- ./my-traffic.sh
+  callpath report callpath-report/trace.parquet --out /tmp/again
+  callpath kernels                                # lab kernels installed
+"""
+
+
+def _progress(msg: str) -> None:
+    print(f"callpath: {msg}", file=sys.stderr, flush=True)
+
+
+def _add_traffic_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("traffic (default: every built-in workload)")
+    g.add_argument("--workload", action="append", metavar="NAME", choices=["veth", "macvlan", "ipvlan"],
+                   help="built-in workload to run (repeatable): veth, macvlan, ipvlan")
+    g.add_argument("--packets", type=int, default=50, metavar="N", help="datagrams per traffic class (default 50)")
+    g.add_argument("--duration", type=float, metavar="S", help="record S seconds of your own traffic instead")
+    g.add_argument("--until-interrupt", action="store_true", help="record your own traffic until Ctrl-C")
+    g.add_argument("--ringbuf-pages", type=int, default=1024, metavar="N",
+                   help="BPF ring buffer size in 4 KiB pages, a power of two (default 1024 = 4 MiB)")
+    p.add_argument("command", nargs="*", metavar="-- CMD", help="record while this command runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callpath",
+        description="Check that the kernel follows documented call paths: probe the documented functions while "
+        "traffic flows, rebuild the call trees, and report per step: observed, out of order, not exercised, "
+        "absent (inlined/renamed), not traceable or not a call; plus per-packet latency histograms.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"callpath {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    v = sub.add_parser("verify", help="probe, record traffic and write the conformance report",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("specs", nargs="*", metavar="SPEC", help="documents or directories (default: the shipped specs/)")
+    v.add_argument("--out", default="callpath-report", metavar="DIR", help="report directory (default callpath-report/)")
+    where = v.add_mutually_exclusive_group()
+    where.add_argument("--kernel", metavar="RELEASE", help="lab VM kernel release (default: newest installed with headers)")
+    where.add_argument("--host", action="store_true", help="probe the running kernel (needs root and kprobes)")
+    v.add_argument("--json", action="store_true", help="print the report JSON on stdout instead of the summary")
+    v.add_argument("--lab-timeout", type=float, default=1500, metavar="S", help="give up on the lab VM after S seconds")
+    _add_traffic_args(v)
+
+    r = sub.add_parser("record", help="record a trace on the running kernel (root, kprobes)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("specs", nargs="*", metavar="SPEC", help="documents or directories (default: the shipped specs/)")
+    r.add_argument("--out", required=True, metavar="TRACE.parquet", help="trace file to write")
+    r.add_argument("--where", default="", help=argparse.SUPPRESS)
+    r.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+    _add_traffic_args(r)
+
+    rp = sub.add_parser("report", help="analyse a saved trace again (no root needed)")
+    rp.add_argument("trace", metavar="TRACE", help="trace.parquet, or a report directory holding one")
+    rp.add_argument("--spec", action="append", metavar="SPEC", help="documents to check (default: those recorded in the trace)")
+    rp.add_argument("--out", metavar="DIR", help="report directory (default: the trace's directory)")
+    rp.add_argument("--json", action="store_true", help="print the report JSON on stdout")
+
+    sub.add_parser("kernels", help="list installed lab kernels")
+    return parser
+
+
+def _emit_report(trace_path: Path, specs, out: Path, as_json: bool) -> int:
+    from .analysis.report import summary_lines, write_report
+    from .analysis.trace import read_trace
+
+    trace = read_trace(trace_path)
+    _progress("analysing: call trees, conformance, latency")
+    report = write_report(trace, specs, out)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"kernel {report['kernel']} ({report['where'] or 'running kernel'}): {report['events']} events, {report['lost']} lost")
+    print("observed/checkable per path:")
+    for line in summary_lines(report):
+        print("  " + line)
+    print(f"report: {out / 'report.md'} (JSON: {out / 'report.json'}, trace: {trace_path})")
+    return 0
+
+
+def _traffic_kwargs(args) -> dict:
+    command = [c for c in args.command if c != "--"]
+    return dict(workloads=args.workload, packets=args.packets, duration=args.duration,
+                until_interrupt=args.until_interrupt, command=command or None, ringbuf_pages=args.ringbuf_pages)
+
+
+def _traffic_argv(args) -> list[str]:
+    argv = ["--packets", str(args.packets), "--ringbuf-pages", str(args.ringbuf_pages)]
+    for w in args.workload or []:
+        argv += ["--workload", w]
+    if args.duration:
+        argv += ["--duration", str(args.duration)]
+    command = [c for c in args.command if c != "--"]
+    if command:
+        argv += ["--", *command]
+    return argv
+
+
+def cmd_verify(args) -> int:
+    from .analysis.readers import expand_spec_args, read_spec
+    from .probes import kernel
+
+    paths = [p.resolve() for p in expand_spec_args(args.specs)]
+    specs = [read_spec(p) for p in paths]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    trace_path = out / "trace.parquet"
+    t0 = time.monotonic()
+    if args.host or (not args.kernel and kernel.has_kprobes()):
+        from .probes.record import record
+
+        _progress(f"probing the running kernel {kernel.kernel_release()}")
+        record(specs, trace_path, where="running kernel", progress=_progress, **_traffic_kwargs(args))
+    else:
+        from .probes.labvm import choose_kernel, run_in_lab
+
+        if args.until_interrupt:
+            raise SystemExit("callpath: --until-interrupt cannot be used in the lab VM (no terminal); use --duration")
+        lab = choose_kernel(args.kernel)
+        why = "requested" if args.kernel else f"the running kernel {kernel.kernel_release()} has no kprobes"
+        _progress(f"probing in a lab VM on Debian kernel {lab.release} ({why})")
+        trace_path.unlink(missing_ok=True)
+        inner = [sys.executable, "-u", "-m", "callpath", "record", *map(str, paths), "--out", str(trace_path),
+                 "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}", *_traffic_argv(args)]
+        rc = run_in_lab(lab, inner, [out], progress=_progress, timeout_s=args.lab_timeout)
+        if rc != 0 or not trace_path.exists():
+            _progress(f"the lab VM run failed (exit status {rc}); see the [lab] lines above")
+            return 1
+    _progress(f"recorded in {time.monotonic() - t0:.0f} s")
+    return _emit_report(trace_path, specs, out, args.json)
+
+
+def cmd_record(args) -> int:
+    from .analysis.readers import read_specs
+    from .probes.record import record
+
+    if args.print_bpf:
+        from .bpf import PROGRAM
+
+        print(PROGRAM.read_text())
+        return 0
+    specs = read_specs(args.specs)
+    record(specs, Path(args.out), where=args.where, progress=_progress, **_traffic_kwargs(args))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .analysis.readers import read_specs
+    from .analysis.trace import read_trace
+
+    trace_path = Path(args.trace)
+    if trace_path.is_dir():
+        trace_path = trace_path / "trace.parquet"
+    trace = read_trace(trace_path)
+    specs = read_specs(args.spec or trace.meta.get("specs", []))
+    out = Path(args.out) if args.out else trace_path.parent
+    return _emit_report(trace_path, specs, out, args.json)
+
+
+def cmd_kernels(_args) -> int:
+    from .probes import kernel
+    from .probes.labvm import list_lab_kernels
+
+    print(f"running: {kernel.kernel_release()} (kprobes: {'yes' if kernel.has_kprobes() else 'no'})")
+    ks = list_lab_kernels()
+    if not ks:
+        print("no lab kernel installed (make setup installs Debian's linux-image-amd64)")
+    for k in ks:
+        print(f"lab: {k.release}  {k.image}  headers: {'yes' if k.headers else 'no (bcc cannot compile for it)'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failure, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.cmd:
+        parser.print_help()
+        return 2
+    from .analysis.spec import SpecError
+    from .analysis.trace import TraceError
+
+    handlers = {"verify": cmd_verify, "record": cmd_record, "report": cmd_report, "kernels": cmd_kernels}
+    try:
+        return handlers[args.cmd](args)
+    except (SpecError, TraceError) as err:
+        print(f"callpath: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("callpath: interrupted; probes, namespaces and links were removed", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for every known failure kind
+        known = ("RecordError", "ProbeError", "LabError", "WorkloadError", "KernelAccessError", "BtfError", "WorkloadTerminated")
+        if type(err).__name__ in known:
+            print(f"callpath: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

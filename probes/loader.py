@@ -1,0 +1,159 @@
+"""Load callpath's BPF program with bcc, attach it, drain the ring buffer, detach.
+
+Phases, as in bcc's bigger tools: compile (bcc/clang, the slow part: about
+40-80 s under TCG emulation), configure (per-function argument facts into the
+``func_cfg`` array), attach (one kprobe + kretprobe per planned function),
+poll (a background thread drains the ring buffer while the workload runs),
+detach (``BPF.cleanup``; always, also on error and Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..bpf import PROGRAM, BPF_DIR, SLOTS, handler_names
+from .event import CallpathEvent, FuncCfg
+from .plan import ProbePlan
+
+
+class ProbeError(RuntimeError):
+    """The BPF program could not be compiled, loaded or attached."""
+
+
+def bpf_cflags(ringbuf_pages: int) -> list[str]:
+    """cflags that configure bpf/callpath.bpf.c (settings never edit the C text)."""
+    if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
+        raise ValueError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
+    return [f"-I{BPF_DIR}", f"-DCALLPATH_MAX_FUNCS={SLOTS}", f"-DCALLPATH_RINGBUF_PAGES={ringbuf_pages}"]
+
+
+@dataclass
+class AttachReport:
+    """What got attached: ``attached`` names, ``failed`` name -> error text."""
+
+    attached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Recorder:
+    """Record entry/return events of the planned functions.
+
+    Usage::
+
+        with Recorder(plan, progress=print) as rec:   # compiles and attaches
+            run_workload(...)
+        rows, lost = rec.rows, rec.lost               # detached by now
+
+    Attributes after exit:
+        rows: decoded events as tuples in ``probes.event.TRACE_COLUMNS`` order.
+        lost: events the kernel dropped because the ring buffer was full.
+        attach: an :class:`AttachReport`.
+
+    Raises:
+        ProbeError: bcc is missing, compilation fails, or no probe attached.
+    """
+
+    def __init__(self, plan: ProbePlan, ringbuf_pages: int = 1024, maxactive: int = 64, progress=lambda m: None):
+        self.plan = plan
+        self.ringbuf_pages = ringbuf_pages
+        self.maxactive = maxactive
+        self.progress = progress
+        self.rows: list[tuple] = []
+        self.lost = 0
+        self.attach = AttachReport()
+        self._bpf = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._poll_error: BaseException | None = None
+
+    # -- phases -----------------------------------------------------------
+    def compile(self):
+        try:
+            from bcc import BPF  # noqa: PLC0415 - bcc is only needed on the probing side
+        except ImportError as err:
+            raise ProbeError(
+                "bcc's Python module is missing: install Debian's python3-bpfcc and use a venv "
+                "made with --system-site-packages (make setup does both)"
+            ) from err
+        t0 = time.monotonic()
+        self.progress(f"compiling {PROGRAM.name} with bcc (slow under emulation)")
+        try:
+            self._bpf = BPF(src_file=str(PROGRAM).encode(), cflags=bpf_cflags(self.ringbuf_pages))
+        except Exception as err:  # bcc raises bare Exception on compile errors
+            raise ProbeError(f"bcc could not compile {PROGRAM}: {err}") from err
+        self.progress(f"compiled in {time.monotonic() - t0:.1f} s")
+
+    def configure(self):
+        from bcc import BPF  # noqa: PLC0415
+
+        workers = self._bpf["workers"]
+        for index, name in ((0, "on_entry"), (1, "on_return")):
+            fn = self._bpf.load_func(name, BPF.KPROBE)
+            workers[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
+        table = self._bpf["func_cfg"]
+        for fp in self.plan.probed():
+            cfg = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1, netdev_arg=fp.netdev_arg or 0)
+            table[ctypes.c_int(fp.func_id)] = cfg
+
+    def attach_all(self):
+        for fp in self.plan.probed():
+            entry, ret = handler_names(fp.func_id)
+            try:
+                self._bpf.attach_kprobe(event=fp.symbol, fn_name=entry)
+                self._bpf.attach_kretprobe(event=fp.symbol, fn_name=ret, maxactive=self.maxactive)
+                self.attach.attached.append(fp.name)
+            except Exception as err:  # bcc raises bare Exception on attach failure
+                self.attach.failed[fp.name] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+        self.progress(f"attached kprobe+kretprobe to {len(self.attach.attached)} functions"
+                      + (f", {len(self.attach.failed)} failed" if self.attach.failed else ""))
+        if not self.attach.attached:
+            raise ProbeError("no probe could be attached: " + "; ".join(f"{k}: {v}" for k, v in self.attach.failed.items()))
+
+    def _on_event(self, _ctx, data, _size):
+        ev = ctypes.cast(data, ctypes.POINTER(CallpathEvent)).contents
+        self.rows.append(
+            (len(self.rows), ev.ts_ns, ev.kind, ev.func_id, ev.tid, ev.tgid, ev.cpu, ev.skb, ev.ifindex, ev.netns, ev.retval, ev.comm)
+        )
+
+    def _poll(self):
+        try:
+            while not self._stop.is_set():
+                self._bpf.ring_buffer_poll(100)
+            self._bpf.ring_buffer_consume()
+        except BaseException as err:  # surfaced in __exit__
+            self._poll_error = err
+
+    # -- context manager --------------------------------------------------
+    def __enter__(self):
+        self.compile()
+        try:
+            self.configure()
+            self._bpf["events"].open_ring_buffer(self._on_event)
+            self.attach_all()
+            self._thread = threading.Thread(target=self._poll, name="callpath-ringbuf", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._bpf.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            time.sleep(0.2)  # let in-flight events land
+            self._stop.set()
+            if self._thread:
+                self._thread.join(timeout=10)
+            self.lost = int(self._bpf["lost"][ctypes.c_int(0)].value)
+        finally:
+            self._bpf.cleanup()  # detaches every kprobe/kretprobe
+            self.progress(f"detached; {len(self.rows)} events, {self.lost} lost")
+        if self._poll_error and not exc[0]:
+            raise ProbeError(f"ring buffer polling failed: {self._poll_error}")
+        return False
+
+    def bpf_source(self) -> str:
+        """The C source bcc compiles (for ``--print-bpf``)."""
+        return PROGRAM.read_text()

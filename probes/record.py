@@ -1,0 +1,167 @@
+"""Record a trace on the running kernel: plan, load, attach, run traffic, write Parquet.
+
+This is what ``callpath record`` runs (and what ``callpath verify`` runs inside
+the lab VM). It needs root and a kernel with kprobes.
+
+Traffic comes from one of:
+
+* built-in workloads (:mod:`probes.workload`), the default;
+* a command the user gives (``-- CMD ...``), recorded from start to exit;
+* a duration (``--duration S``) or Ctrl-C (``--until-interrupt``) while the user
+  sends traffic of their own.
+
+Everything is undone on exit, success or not: probes detached, workload
+namespaces and links removed, modules this run loaded unloaded, tracefs
+unmounted if this run mounted it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from ..analysis.spec import Spec
+from ..analysis.trace import Trace, events_from_rows, write_trace
+from . import kernel
+from .btf import BtfError, load_kernel_btf
+from .loader import Recorder
+from .plan import build_plan
+
+#: Modules of the drivers the shipped documents cover; loaded (when available)
+#: before planning so their functions are in kallsyms and BTF.
+DRIVER_MODULES = ["veth", "macvlan", "macvtap", "ipvlan", "ipvtap"]
+
+
+class RecordError(RuntimeError):
+    """Recording cannot start here (not root, no kprobes, nothing to probe)."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(obj):
+    return asdict(obj) if is_dataclass(obj) else obj
+
+
+def check_can_record() -> None:
+    """Raise :class:`RecordError` with the reason when this kernel cannot be probed here."""
+    if os.geteuid() != 0:
+        raise RecordError("recording needs root (kprobes, namespaces): run with sudo, or use `callpath verify` with a lab VM")
+    if not kernel.has_kprobes():
+        raise RecordError(
+            f"kernel {kernel.kernel_release()} has no kprobe support (/sys/bus/event_source/devices/kprobe missing; "
+            "CONFIG_KPROBES not set): use `callpath verify` (lab VM) instead"
+        )
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, _frame):
+    raise _Terminated(f"signal {signum}")
+
+
+def record(
+    specs: list[Spec],
+    out: str | Path,
+    workloads: list[str] | None = None,
+    packets: int = 50,
+    duration: float | None = None,
+    until_interrupt: bool = False,
+    command: list[str] | None = None,
+    ringbuf_pages: int = 1024,
+    where: str = "",
+    progress=lambda m: None,
+) -> Path:
+    """Probe the functions of ``specs`` while traffic flows; write the trace.
+
+    Args:
+        specs: documents already read.
+        out: Parquet path to write (``<out>.meta.json`` beside it).
+        workloads: built-in workload names; None or [] when the user brings traffic.
+        packets: datagrams per traffic class in each workload.
+        duration: record for this many seconds (user traffic).
+        until_interrupt: record until Ctrl-C (user traffic).
+        command: run this command and record until it exits.
+        ringbuf_pages: BPF ring buffer size in 4 KiB pages (power of two).
+        where: a note on where this runs (``"lab VM"``), kept in the metadata.
+        progress: callable taking one status line.
+
+    Returns:
+        the Parquet path.
+
+    Raises:
+        RecordError: not root, no kprobes, or nothing traceable.
+        probes.loader.ProbeError: compile/attach failure.
+        probes.workload.WorkloadError: a workload could not run.
+    """
+    from .workload import available_workloads, run_workload  # pyroute2 only needed here
+
+    check_can_record()
+    started = _now()
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    meta: dict = {"kernel": kernel.kernel_release(), "host": socket.gethostname(), "where": where,
+                  "specs": [s.source for s in specs], "started": started, "mechanism": "kprobe"}
+    try:
+        with kernel.modules_loaded(DRIVER_MODULES, progress) as modules:
+            meta["modules"] = modules
+            progress("reading kallsyms and available_filter_functions")
+            syms = kernel.load_symbols()
+            try:
+                btf = load_kernel_btf([m for m in DRIVER_MODULES])
+            except BtfError as err:
+                progress(f"no BTF ({err}); skb arguments unknown, latency limited")
+                btf = None
+            plan = build_plan(specs, syms, btf)
+            meta["plan"] = plan.to_dict()
+            n_probe = len(plan.probed())
+            if not n_probe:
+                raise RecordError("no documented function is traceable on this kernel: nothing to probe")
+            statuses = {}
+            for fp in plan.functions.values():
+                statuses[fp.status] = statuses.get(fp.status, 0) + 1
+            progress("plan: " + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())))
+            results = []
+            with Recorder(plan, ringbuf_pages=ringbuf_pages, progress=progress) as rec:
+                meta["attach_failed"] = rec.attach.failed
+                t0 = time.monotonic()
+                if command:
+                    progress(f"running: {' '.join(command)}")
+                    rc = subprocess.run(command).returncode
+                    meta["command"] = {"argv": command, "exit_status": rc}
+                elif duration or until_interrupt:
+                    progress(f"recording {'for %.0f s' % duration if duration else 'until Ctrl-C'}: send your traffic now")
+                    try:
+                        deadline = time.monotonic() + duration if duration else None
+                        while deadline is None or time.monotonic() < deadline:
+                            time.sleep(0.2)
+                    except KeyboardInterrupt:
+                        progress("Ctrl-C: stopping")
+                else:
+                    names = workloads or list(available_workloads())
+                    for name in names:
+                        progress(f"workload {name}: starting")
+                        res = run_workload(name, packets=packets, progress=lambda m, n=name: progress(f"workload {n}: {m}"))
+                        d = _jsonable(res)
+                        d["description"] = available_workloads()[name].description
+                        results.append(d)
+                meta["recorded_s"] = round(time.monotonic() - t0, 3)
+            meta["workloads"] = results
+            meta["lost"] = rec.lost
+            id_to_name = {fp.func_id: fp.name for fp in plan.probed()}
+            events = events_from_rows(rec.rows, id_to_name)
+            meta["events"] = len(events)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    meta["ended"] = _now()
+    path = write_trace(Trace(events=events, meta=meta), out)
+    progress(f"trace written: {path} ({len(events)} events, {meta['lost']} lost)")
+    return path

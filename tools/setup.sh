@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what callpath needs on a Debian 12 machine, idempotently, with progress.
+#   Debian packages: QEMU, busybox (virtme-ng's initramfs), Debian's kernel and its
+#   headers (the lab VM kernel; bcc compiles against the headers), bcc's Python module.
+#   A venv from the system Python with --system-site-packages (so `import bcc` works),
+#   with the project, virtme-ng, pytest and hypothesis.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+APT_PKGS=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64 python3-bpfcc bpfcc-tools python3-venv kmod)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    say "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"; exit 1
+  fi
+  say "apt: installing ${missing[*]} (the kernel and QEMU take a minute or two)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null || { say "apt-get update failed"; exit 1; }
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/callpath-apt.log 2>&1 \
+    || { say "apt-get install failed; last lines of /tmp/callpath-apt.log:"; tail -n 20 /tmp/callpath-apt.log >&2; exit 1; }
+else
+  say "apt: all Debian packages present"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "venv: creating $VENV from /usr/bin/python3 with --system-site-packages (for bcc)"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+"$VENV/bin/python" -c 'import bcc' 2>/dev/null || { say "venv: bcc is not importable from $VENV (python3-bpfcc missing?)"; exit 1; }
+stamp="$VENV/.callpath-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "venv: installing callpath (editable) with virtme-ng, pytest, hypothesis"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[lab,test]' 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$VENV/bin/python" -c 'import callpath.cli, pyroute2, pandas, pyarrow, matplotlib' || { say "venv: install failed"; exit 1; }
+  touch "$stamp"
+else
+  say "venv: $VENV up to date"
+fi
+lab=$(ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | tail -n1)
+say "ready: lab kernel ${lab:-none}, running kernel $(uname -r)"
