@@ -109,6 +109,17 @@ class PathResult:
         return d
 
 
+def returns_value(return_type: str | None) -> bool:
+    """True when a function's return value is worth showing: not void, not a pointer.
+
+    ``None`` (BTF unknown) counts as a value.
+    """
+    if return_type is None:
+        return True
+    rt = return_type.strip()
+    return rt != "void" and not rt.endswith("*")
+
+
 def _ancestry(path: Path, step: Step) -> list[Step]:
     """Enclosing steps of ``step``, outermost first."""
     chain = []
@@ -215,12 +226,15 @@ class Matcher:
             if frames:
                 res.verdict = "observed"
                 res.count = len(frames)
-                res.evidence = self.forest.chain(frames[0])
+                # the shortest satisfying chain reads best
+                res.evidence = self.forest.chain(min(frames, key=lambda f: (len(self.forest.ancestors(f)), f)))
                 durations = self.forest.frames.loc[frames, "duration_ns"].dropna()
                 res.mean_ns = float(durations.mean()) if len(durations) else None
-                rv = self.forest.frames.loc[frames, "retval"].dropna().astype("int64").value_counts()
-                res.returns = {str(k): int(v) for k, v in rv.items()}
-                res.detail = f"{len(frames)} calls inside " + (" > ".join(req) if req else "the run")
+                if returns_value(fp.get("return_type")):
+                    rv = self.forest.frames.loc[frames, "retval"].dropna().astype("int64").value_counts()
+                    res.returns = {str(k): int(v) for k, v in rv.items()}
+                calls = f"{len(frames)} call{'s' if len(frames) != 1 else ''}"
+                res.detail = f"{calls} inside " + " > ".join(req) if req else f"{calls} in the run"
             else:
                 res.verdict = "not-exercised"
                 anywhere = len(self._frames(step.function))

@@ -1,8 +1,10 @@
 """Per-packet latency of hot-path functions, from entry to return, with pandas.
 
 A *hot-path* function is a probed function that takes a ``struct sk_buff *``
-(from BTF, recorded in the probe plan as ``skb_arg``): each of its calls handles
-one packet, so each complete frame with a non-zero skb is one sample.
+(from BTF, recorded in the probe plan as ``skb_arg``) carrying a packet, not a
+netlink message (rtnetlink handlers such as ``rtnl_newlink(skb, nlh, extack)``
+take a ``struct nlmsghdr *`` too, flagged ``netlink`` in the plan): each of its
+calls handles one packet, so each complete frame with a non-zero skb is one sample.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ STAT_COLUMNS = ["function", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "me
 
 def hot_path_functions(plan: dict[str, dict]) -> list[str]:
     """Probed functions that take an skb, in plan slot order."""
-    hot = [(fp["func_id"], name) for name, fp in plan.items() if fp.get("func_id") is not None and fp.get("skb_arg")]
+    hot = [(fp["func_id"], name) for name, fp in plan.items()
+           if fp.get("func_id") is not None and fp.get("skb_arg") and not fp.get("netlink")]
     return [name for _, name in sorted(hot)]
 
 

@@ -84,6 +84,12 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _md_code(text: str) -> str:
+    """Inline code that survives backticks inside the text (prose documents have them)."""
+    text = _md_escape(text)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def render_markdown(report: dict) -> str:
     """The report as Markdown for people."""
     lines = [
@@ -120,8 +126,8 @@ def render_markdown(report: dict) -> str:
             if s.get("mean_ns"):
                 extra.append(f"mean {s['mean_ns']:,.0f} ns")
             detail = "; ".join(x for x in [f"`{ev}`" if ev else "", s["detail"], *extra] if x)
-            label = " ".join(x for x in [s.get("branch") or "", s.get("condition") or ""] if x)
-            lines.append(f"| {s['number']} | `{_md_escape(s['text'])}`{(' — ' + _md_escape(label)) if label else ''} | "
+            label = " ".join(x for x in [s.get("branch") or "", s.get("condition") or ""] if x and x not in s["text"])
+            lines.append(f"| {s['number']} | {_md_code(s['text'])}{(' — ' + _md_escape(label)) if label else ''} | "
                          f"**{s['verdict']}** | {s['count']} | {_md_escape(detail)} |")
     lines += ["", "## Per-packet latency (entry to return)", ""]
     if report["latency"]:

@@ -119,12 +119,21 @@ def _traffic_argv(args) -> list[str]:
     return argv
 
 
+def _display_path(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (for file:line)."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def cmd_verify(args) -> int:
     from .analysis.readers import expand_spec_args, read_spec
     from .probes import kernel
 
-    paths = [p.resolve() for p in expand_spec_args(args.specs)]
-    specs = [read_spec(p) for p in paths]
+    given = expand_spec_args(args.specs)
+    paths = [p.resolve() for p in given]  # the lab VM needs absolute paths
+    specs = [read_spec(_display_path(p)) for p in given]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     trace_path = out / "trace.parquet"

@@ -42,6 +42,10 @@ class FunctionPlan:
         params: parameter names from BTF, ``[]`` when unknown.
         successor: for ``absent``, a likely replacement present in kallsyms.
         reason: one line a person can read.
+        return_type: C spelling of the return type from BTF (``"int"``,
+            ``"struct net_device *"``, ``"void"``), None when unknown.
+        netlink: True when the function takes a ``struct nlmsghdr *``: its skb is
+            a netlink message (rtnetlink handlers), not a packet.
     """
 
     name: str
@@ -55,6 +59,8 @@ class FunctionPlan:
     params: list[str] = field(default_factory=list)
     successor: str | None = None
     reason: str = ""
+    return_type: str | None = None
+    netlink: bool = False
 
     @property
     def probed(self) -> bool:
@@ -141,9 +147,17 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
                 continue
             fp = resolve_function(name, syms)
             if btf is not None and fp.symbol:
-                bf = btf.function(fp.symbol) or btf.function(name)
-                if bf is not None:
+                bf = btf.function(name)
+                if bf is not None and fp.status == "clone":
+                    # .isra/.constprop clones may drop or reorder arguments:
+                    # the BTF prototype (of the original) says nothing safe
+                    # about their registers, so no argument is read
+                    fp.return_type = bf.return_type
+                    fp.reason += "; arguments not read (a clone's calling convention may differ)"
+                elif bf is not None:
                     fp.params = [p.name for p in bf.params]
+                    fp.return_type = bf.return_type
+                    fp.netlink = any(p.target == "struct nlmsghdr" for p in bf.params)
                     skb = bf.skb_arg()
                     if skb and skb[0] <= 6:
                         fp.skb_arg, fp.skb_depth = skb

@@ -27,7 +27,6 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from ..analysis.spec import Spec
-from ..analysis.trace import Trace, events_from_rows, write_trace
 from . import kernel
 from .btf import BtfError, load_kernel_btf
 from .loader import Recorder
@@ -111,6 +110,7 @@ def record(
     meta: dict = {"kernel": kernel.kernel_release(), "host": socket.gethostname(), "where": where,
                   "specs": [s.source for s in specs], "started": started, "mechanism": "kprobe"}
     try:
+        progress(f"kernel {meta['kernel']}: loading driver modules {', '.join(DRIVER_MODULES)}")
         with kernel.modules_loaded(DRIVER_MODULES, progress) as modules:
             meta["modules"] = modules
             progress("reading kallsyms and available_filter_functions")
@@ -156,12 +156,17 @@ def record(
                 meta["recorded_s"] = round(time.monotonic() - t0, 3)
             meta["workloads"] = results
             meta["lost"] = rec.lost
+            # pandas/pyarrow are imported only now: importing them costs tens of
+            # seconds under TCG emulation, better spent after the recording
+            from ..analysis.trace import Trace, events_from_rows, write_trace  # noqa: PLC0415
+
             id_to_name = {fp.func_id: fp.name for fp in plan.probed()}
             events = events_from_rows(rec.rows, id_to_name)
             meta["events"] = len(events)
     finally:
         signal.signal(signal.SIGTERM, old_term)
     meta["ended"] = _now()
+    progress("writing the trace (Parquet)")
     path = write_trace(Trace(events=events, meta=meta), out)
     progress(f"trace written: {path} ({len(events)} events, {meta['lost']} lost)")
     return path

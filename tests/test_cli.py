@@ -1,0 +1,42 @@
+"""The command line: help, one-line errors, host checks."""
+
+import pytest
+
+from callpath.cli import main
+from callpath.probes import kernel
+
+
+def test_help_ends_with_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["verify", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "callpath verify --kernel" in out
+    assert "--workload" in out and "--host" in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "verify" in capsys.readouterr().out
+
+
+def test_bad_spec_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"1. f()\n\xff\xfe\n")
+    assert main(["verify", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("callpath: error: ") and "bad.txt:2: not UTF-8" in err[0]
+
+
+def test_missing_spec(tmp_path, capsys):
+    assert main(["report", "nope.parquet"]) == 2
+    assert "no such trace file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(kernel.has_kprobes(), reason="this kernel has kprobes")
+def test_host_without_kprobes_says_so(tmp_path, capsys):
+    rc = main(["verify", "--host", "specs/macvlan-newlink-xmit.txt", "--out", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "callpath: error:" in err and ("no kprobe support" in err or "needs root" in err)
+    assert "Traceback" not in err
