@@ -49,6 +49,7 @@ class ParsedText:
 
     kind: str
     chain: list[str] = field(default_factory=list)
+    args: list[list[str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     result: str | None = None
     condition: str | None = None
@@ -90,6 +91,32 @@ def _top_level_calls(text: str) -> list[tuple[int, int, int]]:
         if m:
             result.append((m.start(1), open_i, close_i))
     return result
+
+
+def split_args(inner: str) -> list[str]:
+    """Split an argument list at top-level commas: ``"a, f(b, c), "`` -> ``["a", "f(b, c)", ""]``."""
+    out, depth, cur, quote = [], 0, [], None
+    for ch in inner:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    last = "".join(cur).strip()
+    if out or last:
+        out.append(last)
+    return out
 
 
 def is_label(name: str) -> bool:
@@ -166,7 +193,7 @@ def parse_step_text(text: str) -> ParsedText:
                 parsed.result = lhs
             elif m:
                 parsed.result = m.group(1)
-    for name_start, open_i, _close in chain_calls:
+    for name_start, open_i, close_i in chain_calls:
         name = re.sub(r"\s+", "", body[name_start:open_i])
         if is_label(name):
             parsed.labels.append(name)
@@ -177,8 +204,10 @@ def parse_step_text(text: str) -> ParsedText:
             parsed.statement_kind = "loop" if "for_each" in name else "macro"
         else:
             parsed.chain.append(name)
+            parsed.args.append(split_args(body[open_i + 1 : close_i]))
     if parsed.kind == "statement":
         parsed.chain = []
+        parsed.args = []
     elif not parsed.chain:
         parsed.kind, parsed.statement_kind = "statement", "text"
     _split_tail(tail, parsed)

@@ -59,8 +59,11 @@ def parse_outline(text: str, source: str) -> Spec:
     """
     spec = Spec(source=source, format="outline", title=FsPath(source).name)
     current: Path | None = None
+    numbers: dict[str, set[str]] = {}  # path number -> step numbers seen
+    last_child: dict[tuple[str, str], int] = {}  # (path, parent) -> highest child index seen
     in_diagram = False
     last_step: Step | None = None
+    last_number: tuple[int, ...] = ()
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip()
         stripped = line.strip()
@@ -69,7 +72,7 @@ def parse_outline(text: str, source: str) -> Spec:
         # inside a diagram only an unindented number can start a new section
         m = _STEP_RE.match(stripped) if (line == stripped or not in_diagram) else None
         if m:
-            number, _dot, body = m.group(1), m.group(2), m.group(3)
+            number, body = m.group(1), m.group(3)
             top = number.split(".")[0]
             if top == "0":
                 in_diagram = True
@@ -78,40 +81,59 @@ def parse_outline(text: str, source: str) -> Spec:
             if in_diagram and "." in number:
                 continue
             in_diagram = False
+            key = tuple(int(x) for x in number.split("."))
+            if last_number and key <= last_number and number not in {"", None}:
+                spec.warnings.append(
+                    f"{source}:{lineno}: step {number} comes after {'.'.join(map(str, last_number))}: "
+                    "numbering goes backwards; read in document order"
+                )
+            last_number = key
             parsed = parse_step_text(body)
             if "." not in number:
+                if top in numbers:
+                    spec.warnings.append(f"{source}:{lineno}: section {top} is numbered twice; read as a new path")
                 current = Path(number=number, name=body.strip(), source=f"{source}:{lineno}")
                 spec.paths.append(current)
+                numbers[top] = {number}
                 parent = None
             else:
-                if current is None or number.split(".")[0] != current.number:
+                if current is None or top != current.number:
                     spec.warnings.append(
-                        f"{source}:{lineno}: step {number} appears outside section {top}; "
-                        f"read as part of it"
+                        f"{source}:{lineno}: step {number} appears outside section {top}; read as part of it"
                     )
                     current = next((p for p in spec.paths if p.number == top), None)
                     if current is None:
                         current = Path(number=top, name=f"section {top}", source=f"{source}:{lineno}")
                         spec.paths.append(current)
-                parent = number.rsplit(".", 1)[0]
-                known = {s.number for s in current.steps}
+                        numbers[top] = set()
+                known = numbers[current.number]
                 if number in known:
                     spec.warnings.append(f"{source}:{lineno}: step {number} is numbered twice; both kept")
+                written_parent = number.rsplit(".", 1)[0]
+                parent = written_parent
                 while parent not in known and "." in parent:
                     parent = parent.rsplit(".", 1)[0]
                 if parent not in known:
-                    parent = current.number if current.steps else None
-                if parent != number.rsplit(".", 1)[0]:
+                    parent = current.steps[0].number if current.steps else None
+                if parent != written_parent:
                     spec.warnings.append(
-                        f"{source}:{lineno}: step {number} has no parent step "
-                        f"{number.rsplit('.', 1)[0]}; attached to {parent}"
+                        f"{source}:{lineno}: step {number} has no parent step {written_parent}; "
+                        f"attached to {parent}"
                     )
+                known.add(number)
+                index = int(number.rsplit(".", 1)[1])
+                previous = last_child.get((current.number, written_parent), 0)
+                if index > previous + 1:
+                    missing = f"{written_parent}.{previous + 1}"
+                    spec.warnings.append(f"{source}:{lineno}: step {number} skips {missing} (numbering has a gap)")
+                last_child[(current.number, written_parent)] = max(previous, index)
             step = Step(
                 number=number,
                 parent=parent,
                 text=body.strip(),
                 kind=parsed.kind,  # type: ignore[arg-type]
                 chain=parsed.chain,
+                args=parsed.args,
                 labels=parsed.labels,
                 result=parsed.result,
                 condition=parsed.condition,

@@ -5,6 +5,8 @@ names are written in backticks. The relations read are:
 
 * ```X` is called by `Y` `` -> ``Y`` calls ``X`` (``Y`` becomes the path's root);
 * ```X` calls `Y` [or `Z`]`` -> ``X`` calls ``Y`` (and ``Z``, an alternative branch);
+* ``... is handled by `Y` `` -> a step ``Y`` (``ops`` tables such as
+  ``veth_link_ops`` are kept as notes; ```X` is handled by `Y` `` nests Y in X);
 * ```X` sets up / initilizes / registers / create(s) / configures / is called ...``
   -> a step ``X`` under the enclosing step;
 * ``... calls `Y` to ...`` or ``... `Y` is called to ...`` without a subject -> a
@@ -100,6 +102,7 @@ def _read_bullet(b: _Bullet, builder: _PathBuilder, parent: str | None, spec: Sp
     condition = cond_m.group(1) if cond_m else None
 
     called_by = re.search(r"`([^`]+)`\s+is called by\s+`([^`]+)`", text)
+    handled_by = re.search(r"\bis handled by\s+`([^`]+)`", text)
     subj = re.match(r"^`([^`]+)`(.*)$", lead)
     if ticks and ticks[0].startswith("ip link"):
         builder.path.trigger = ticks[0]
@@ -114,6 +117,16 @@ def _read_bullet(b: _Bullet, builder: _PathBuilder, parent: str | None, spec: Sp
             step = builder.add(root.number, callee, text, b.line)
         else:
             step = builder.add(parent, callee, text, b.line)
+        anchor = step.number
+    elif handled_by and _is_function(handled_by.group(1)):
+        # "X is handled by `Y`": Y does the work; when X is itself a function
+        # (`X` is handled by `Y`), X hands over to Y, so Y is X's callee
+        y = handled_by.group(1)
+        if subj and _is_function(subj.group(1)):
+            outer = builder.add(parent, subj.group(1), text, b.line, condition=condition)
+            step = builder.add(outer.number, y, f"{subj.group(1)} is handled by {y}", b.line)
+        else:
+            step = builder.add(parent, y, text, b.line, condition=condition)
         anchor = step.number
     elif subj and _is_function(subj.group(1)) and _SUBJECT_VERBS.match(subj.group(2)):
         x = subj.group(1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .outline import decode_document, looks_like_outline, parse_outline
+from .ownspec import loads as parse_callpath_toml
+from .ownspec import suggest_workloads
 from .prose import parse_prose
 from .spec import Spec, SpecError
 
@@ -15,8 +17,10 @@ SHIPPED_SPECS = Path(__file__).resolve().parent.parent / "specs"
 def read_spec(path: str | Path) -> Spec:
     """Read one document.
 
+    ``.toml`` files are callpath's own format (:mod:`analysis.ownspec`);
     Markdown files (``.md``) and documents without numbered steps are read as
-    prose bullets; everything else as a numbered outline.
+    prose bullets; everything else as a numbered outline. Paths read from the
+    user's formats get suggested workloads from their function names.
 
     Raises:
         SpecError: ``file:line: reason`` (missing file, empty, binary, not UTF-8,
@@ -33,9 +37,15 @@ def read_spec(path: str | Path) -> Spec:
     except OSError as err:
         raise SpecError(source, 0, f"cannot read: {err.strerror}") from None
     text = decode_document(data, source)
+    if path.suffix.lower() == ".toml":
+        return parse_callpath_toml(text, source)
     if path.suffix.lower() in (".md", ".markdown") or not looks_like_outline(text):
-        return parse_prose(text, source)
-    return parse_outline(text, source)
+        spec = parse_prose(text, source)
+    else:
+        spec = parse_outline(text, source)
+    for p in spec.paths:
+        p.workloads = suggest_workloads(p)
+    return spec
 
 
 def expand_spec_args(args: list[str]) -> list[Path]:
@@ -46,7 +56,7 @@ def expand_spec_args(args: list[str]) -> list[Path]:
     for a in args:
         p = Path(a)
         if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix in (".txt", ".md", ".markdown")))
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix in (".txt", ".md", ".markdown", ".toml")))
         else:
             out.append(p)
     return out

@@ -42,6 +42,9 @@ class Step:
         chain: kernel functions in call order; ``a() -> b()`` gives ``["a", "b"]``
             (each later one is expected inside the earlier one's extent). Pointer
             labels are not in it.
+        args: for each function of ``chain``, the argument texts as written
+            (``[["src_net", "dev", ""]]``; empty strings are elided arguments);
+            ``[]`` when the document gives none (prose).
         labels: pointer labels of the chain (``setup``, ``ops->newlink``), never probed.
         result: name the call's result is kept in (``dev`` in ``dev = f(...)``).
         condition: a condition written after the call (``if addr``).
@@ -58,6 +61,7 @@ class Step:
     text: str
     kind: StepKind
     chain: list[str] = field(default_factory=list)
+    args: list[list[str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     result: str | None = None
     condition: str | None = None
@@ -91,6 +95,8 @@ class Path:
         trigger: a command that exercises the path, when the document gives one
             (``ip link add ve-host type veth peer name ve-guest``).
         notes: prose kept with the path that carries no call.
+        workloads: built-in workloads that exercise the path (``veth``,
+            ``macvlan``, ``ipvlan``); readers suggest them from function names.
     """
 
     number: str
@@ -99,6 +105,7 @@ class Path:
     steps: list[Step] = field(default_factory=list)
     trigger: str | None = None
     notes: list[str] = field(default_factory=list)
+    workloads: list[str] = field(default_factory=list)
 
     def step(self, number: str) -> Step:
         """Return the step numbered ``number``; raises ``KeyError``."""

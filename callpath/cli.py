@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ examples:
   callpath verify --host --duration 30            # this kernel; record 30 s of your own traffic
   sudo callpath record specs/ --out t.parquet -- ./my-traffic.sh
   callpath report callpath-report/trace.parquet --out /tmp/again
+  callpath lint specs/*                           # static check against the running kernel
+  callpath convert specs/veth-macvlan-notes.md    # into callpath's own TOML format
   callpath kernels                                # lab kernels installed
 """
 
@@ -78,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--spec", action="append", metavar="SPEC", help="documents to check (default: those recorded in the trace)")
     rp.add_argument("--out", metavar="DIR", help="report directory (default: the trace's directory)")
     rp.add_argument("--json", action="store_true", help="print the report JSON on stdout")
+
+    li = sub.add_parser("lint", help="check documents against a kernel: no traffic, no probes",
+                        epilog="examples:\n  callpath lint specs/*\n  callpath lint specs/ --kernel 6.1.0-56-amd64 --json\n\n"
+                        "exit status: 0 all documented functions exist, 1 some are absent, 2 bad input",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    li.add_argument("specs", nargs="*", metavar="SPEC", help="documents or directories (default: the shipped specs/)")
+    lwhere = li.add_mutually_exclusive_group()
+    lwhere.add_argument("--kernel", metavar="RELEASE", help="lint against a lab kernel (boots the lab VM, about 1 minute)")
+    lwhere.add_argument("--host", action="store_true", help="lint against the running kernel (the default)")
+    li.add_argument("--json", action="store_true", help="print JSON for machines")
+    li.add_argument("--output", metavar="FILE", help=argparse.SUPPRESS)
+
+    cv = sub.add_parser("convert", help="convert documents into callpath's own TOML spec format",
+                        epilog="examples:\n  callpath convert specs/macvlan-newlink-xmit.txt > macvlan.toml\n"
+                        "  callpath convert specs/ --out-dir converted/\n  callpath convert --schema",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv.add_argument("specs", nargs="*", metavar="DOC", help="documents to convert")
+    cv.add_argument("--out-dir", metavar="DIR", help="write DIR/<name>.toml per document instead of stdout")
+    cv.add_argument("--schema", action="store_true", help="print the format's JSON Schema and exit")
 
     sub.add_parser("kernels", help="list installed lab kernels")
     return parser
@@ -189,6 +211,80 @@ def cmd_report(args) -> int:
     return _emit_report(trace_path, specs, out, args.json)
 
 
+def cmd_lint(args) -> int:
+    from .analysis.readers import expand_spec_args, read_spec
+    from .probes import kernel
+    from .probes.lint import lint, render_text
+
+    given = expand_spec_args(args.specs)
+    specs = [read_spec(_display_path(p)) for p in given]
+    if args.kernel:
+        import tempfile
+
+        from .probes.labvm import choose_kernel, run_in_lab
+
+        lab = choose_kernel(args.kernel)
+        _progress(f"linting against lab kernel {lab.release} (booting the lab VM)")
+        with tempfile.TemporaryDirectory(prefix="callpath-lint-") as tmp:
+            out = Path(tmp) / "lint.json"
+            inner = [sys.executable, "-u", "-m", "callpath", "lint", "--host", "--json", "--output", str(out),
+                     *[str(p.resolve()) for p in given]]
+            rc = run_in_lab(lab, inner, [Path(tmp)], progress=_progress)
+            if not out.exists():
+                _progress(f"the lab VM run failed (exit status {rc})")
+                return 1
+            result = json.loads(out.read_text())
+        # report sources as the user gave them, not the guest's absolute paths
+        for doc, spec in zip(result["documents"], specs):
+            doc["source"] = spec.source
+            for f in doc["functions"]:
+                f["where"] = [spec.source + ":" + w.rsplit(":", 1)[1] for w in f["where"]]
+    else:
+        from .probes.btf import BtfError, load_kernel_btf
+        from .probes.plan import build_plan
+        from .probes.record import DRIVER_MODULES
+
+        with kernel.modules_loaded(DRIVER_MODULES if os.geteuid() == 0 else [], _progress) as modules:
+            syms = kernel.load_symbols()
+            try:
+                btf = load_kernel_btf(DRIVER_MODULES)
+            except BtfError as err:
+                _progress(f"no BTF: {err}; argument names are not checked")
+                btf = None
+            plan = build_plan(specs, syms, btf, max_funcs=10**6)
+            result = lint(specs, plan, syms.traceable_known, modules)
+    text = json.dumps(result, indent=2) if args.json else render_text(result)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+    return 1 if result["absent"] else 0
+
+
+def cmd_convert(args) -> int:
+    from .analysis import ownspec
+    from .analysis.readers import expand_spec_args, read_spec
+
+    if args.schema:
+        print(json.dumps(ownspec.schema(), indent=2))
+        return 0
+    if not args.specs:
+        raise SystemExit("callpath convert: give at least one document (or --schema)")
+    for p in expand_spec_args(args.specs):
+        spec = read_spec(_display_path(p))
+        for w in spec.warnings:
+            _progress(f"warning: {w}")
+        text = ownspec.dumps(spec)
+        if args.out_dir:
+            target = Path(args.out_dir) / (p.stem + ".toml")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            _progress(f"{p} -> {target} ({len(spec.paths)} paths, {sum(len(x.steps) for x in spec.paths)} steps)")
+        else:
+            print(text)
+    return 0
+
+
 def cmd_kernels(_args) -> int:
     from .probes import kernel
     from .probes.labvm import list_lab_kernels
@@ -212,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     from .analysis.spec import SpecError
     from .analysis.trace import TraceError
 
-    handlers = {"verify": cmd_verify, "record": cmd_record, "report": cmd_report, "kernels": cmd_kernels}
+    handlers = {"verify": cmd_verify, "record": cmd_record, "report": cmd_report, "kernels": cmd_kernels,
+                "lint": cmd_lint, "convert": cmd_convert}
     try:
         return handlers[args.cmd](args)
     except (SpecError, TraceError) as err:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gzip
 import os
 import re
 import subprocess
@@ -47,6 +48,7 @@ class KernelSymbols:
         traceable_known: False when ``available_filter_functions`` was unreadable,
             in which case traceability is unknown rather than false.
         blacklist: kprobe blacklist entries, when debugfs was readable.
+        init_text: ``__init`` functions of the core image (freed after boot).
     """
 
     release: str
@@ -55,6 +57,7 @@ class KernelSymbols:
     traceable: set[str] = field(default_factory=set)
     traceable_known: bool = False
     blacklist: set[str] = field(default_factory=set)
+    init_text: set[str] = field(default_factory=set)
 
 
 def kernel_release() -> str:
@@ -67,20 +70,23 @@ def has_kprobes() -> bool:
     return Path("/sys/bus/event_source/devices/kprobe").exists()
 
 
-def read_kallsyms(path: str = "/proc/kallsyms") -> tuple[dict[str, str], dict[str, list[str]]]:
+def read_kallsyms(path: str = "/proc/kallsyms") -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
     """Read text symbols from kallsyms.
 
     Returns:
-        ``(text, clones)``: ``text`` maps symbol -> module (``vmlinux`` for the
-        core image); ``clones`` maps a base name to its compiler clones.
+        ``(text, clones, init_text)``: ``text`` maps symbol -> module (``vmlinux``
+        for the core image); ``clones`` maps a base name to its compiler clones;
+        ``init_text`` holds the core image's ``__init`` functions, those whose
+        address lies in ``[_sinittext, _einittext)`` (include/asm-generic/sections.h):
+        their code is freed after boot. Empty when addresses are hidden (not root).
 
     Raises:
-        KernelAccessError: the file cannot be read, or every address is zero
-            (kptr_restrict hides them from non-root users, so the listing is not
-            trusted to be complete).
+        KernelAccessError: the file cannot be read.
     """
     text: dict[str, str] = {}
     clones: dict[str, list[str]] = {}
+    core: list[tuple[int, str]] = []
+    bounds: dict[str, int] = {}
     try:
         fh = open(path, encoding="ascii", errors="replace")
     except OSError as err:
@@ -88,15 +94,25 @@ def read_kallsyms(path: str = "/proc/kallsyms") -> tuple[dict[str, str], dict[st
     with fh:
         for line in fh:
             parts = line.split()
-            if len(parts) < 3 or parts[1] not in ("t", "T"):
+            if len(parts) < 3:
                 continue
             name = parts[2]
+            if name in ("_sinittext", "_einittext"):
+                bounds[name] = int(parts[0], 16)
+            if parts[1] not in ("t", "T"):
+                continue
             module = parts[3].strip("[]") if len(parts) > 3 else "vmlinux"
             text.setdefault(name, module)
+            if module == "vmlinux":
+                core.append((int(parts[0], 16), name))
             m = CLONE_RE.match(name)
             if m:
                 clones.setdefault(m.group("base"), []).append(name)
-    return text, clones
+    init_text: set[str] = set()
+    lo, hi = bounds.get("_sinittext", 0), bounds.get("_einittext", 0)
+    if lo and hi > lo:
+        init_text = {name for addr, name in core if lo <= addr < hi and name not in ("_sinittext", "_einittext")}
+    return text, clones, init_text
 
 
 def find_tracefs() -> str | None:
@@ -174,7 +190,7 @@ def load_symbols() -> KernelSymbols:
     Raises:
         KernelAccessError: kallsyms is unreadable.
     """
-    text, clones = read_kallsyms()
+    text, clones, init_text = read_kallsyms()
     with mounted_tracefs() as tracefs:
         traceable, known = read_traceable(tracefs)
     return KernelSymbols(
@@ -184,25 +200,66 @@ def load_symbols() -> KernelSymbols:
         traceable=traceable,
         traceable_known=known,
         blacklist=read_kprobe_blacklist(),
+        init_text=init_text,
     )
 
 
-def loaded_modules() -> set[str]:
-    """Names of loaded modules (from /proc/modules; empty when the kernel has no module support)."""
-    try:
-        with open("/proc/modules", encoding="ascii") as fh:
-            return {line.split()[0] for line in fh if line.strip()}
-    except OSError:
-        return set()
+def _kernel_config() -> dict[str, str]:
+    release = os.uname().release
+    for path in ("/proc/config.gz", f"/boot/config-{release}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        config = {}
+        for line in text.splitlines():
+            if line.startswith("CONFIG_") and "=" in line:
+                key, value = line.split("=", 1)
+                config[key] = value
+            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                config[line[2:].split(" ", 1)[0]] = "n"
+        return config
+    return {}
 
 
-def builtin_modules(release: str | None = None) -> set[str]:
-    """Modules built into the kernel image (``modules.builtin``), names without ``.ko``."""
-    path = Path("/lib/modules") / (release or kernel_release()) / "modules.builtin"
+def module_status(module: str) -> str:
+    """How the running kernel provides ``module`` (e.g. ``"ipvlan"``).
+
+    Returns ``"loaded"`` (loaded module), ``"builtin"``, ``"loadable"``
+    (available under ``/lib/modules``, not loaded), ``"missing"`` (kernel
+    config says not set, or no such module anywhere we looked) or
+    ``"unknown"`` (nothing to look at). Best effort, never raises; the
+    authoritative test is creating the link.
+    """
     try:
-        return {Path(line.strip()).name.removesuffix(".ko") for line in path.read_text().splitlines() if line.strip()}
-    except OSError:
-        return set()
+        sysdir = f"/sys/module/{module}"
+        if os.path.isdir(sysdir):
+            return "loaded" if os.path.exists(f"{sysdir}/initstate") else "builtin"
+        moddir = f"/lib/modules/{os.uname().release}"
+        ko = f"/{module}.ko"
+        for fname, status in (("modules.builtin", "builtin"), ("modules.dep", "loadable")):
+            try:
+                with open(os.path.join(moddir, fname)) as fh:
+                    for line in fh:
+                        entry = line.split(":", 1)[0].strip()
+                        if entry.endswith(ko) or ko + "." in entry:
+                            return status
+            except OSError:
+                pass
+        value = _kernel_config().get(f"CONFIG_{module.upper()}")
+        if value == "y":
+            return "builtin"
+        if value == "m":
+            return "loadable" if os.path.isdir(moddir) else "missing"
+        if value == "n":
+            return "missing"
+        if os.path.isdir(moddir):
+            return "missing"
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    return "unknown"
 
 
 @contextlib.contextmanager
@@ -212,12 +269,16 @@ def modules_loaded(names: list[str], progress=lambda msg: None):
     Uses ``modprobe`` (kmod); a module that is built in or already loaded is left
     alone. Yields ``{name: "loaded" | "present" | "unavailable: reason"}``.
     """
-    before = loaded_modules()
+    before = {n for n in names if module_status(n) in ("loaded", "builtin")}
     status: dict[str, str] = {}
     loaded_here: list[str] = []
     for name in names:
         if name in before:
             status[name] = "present"
+            continue
+        if module_status(name) == "missing":
+            status[name] = "unavailable: not built for this kernel"
+            progress(f"module {name}: {status[name]}")
             continue
         try:
             proc = subprocess.run(["modprobe", name], capture_output=True, text=True, timeout=60)
@@ -225,12 +286,8 @@ def modules_loaded(names: list[str], progress=lambda msg: None):
             status[name] = f"unavailable: {err}"
             continue
         if proc.returncode == 0:
-            now = loaded_modules()
-            if name in now and name not in before:
-                loaded_here.append(name)
-                status[name] = "loaded"
-            else:
-                status[name] = "present"
+            loaded_here.append(name)
+            status[name] = "loaded"
         else:
             status[name] = "unavailable: " + (proc.stderr.strip().splitlines() or ["modprobe failed"])[-1]
         progress(f"module {name}: {status[name]}")

@@ -46,6 +46,8 @@ class FunctionPlan:
             ``"struct net_device *"``, ``"void"``), None when unknown.
         netlink: True when the function takes a ``struct nlmsghdr *``: its skb is
             a netlink message (rtnetlink handlers), not a packet.
+        boot_only: an ``__init`` function: runs once at boot (or module load)
+            and its code is freed afterwards, so it cannot be probed later.
     """
 
     name: str
@@ -61,6 +63,7 @@ class FunctionPlan:
     reason: str = ""
     return_type: str | None = None
     netlink: bool = False
+    boot_only: bool = False
 
     @property
     def probed(self) -> bool:
@@ -106,10 +109,14 @@ def resolve_function(name: str, syms: KernelSymbols) -> FunctionPlan:
     def listed(sym: str) -> bool:
         return (not syms.traceable_known or sym in syms.traceable) and sym not in syms.blacklist
 
+    if name in syms.init_text:
+        return FunctionPlan(name, "not-traceable", symbol=name, module="vmlinux", boot_only=True,
+                            reason="boot-only (__init): runs once at boot and its code is freed afterwards")
     if name in syms.text:
         module = syms.text[name]
         if listed(name):
-            return FunctionPlan(name, "traceable", symbol=name, module=module, reason=f"in kallsyms ({module}) and traceable")
+            how = "traceable" if syms.traceable_known else "available_filter_functions unreadable, traceability unknown"
+            return FunctionPlan(name, "traceable", symbol=name, module=module, reason=f"in kallsyms ({module}); {how}")
         why = "kprobe blacklist" if name in syms.blacklist else "not in available_filter_functions (notrace, or __init code freed after boot)"
         return FunctionPlan(name, "not-traceable", symbol=name, module=module, reason=f"in kallsyms ({module}) but {why}")
     clones = syms.clones.get(name, [])
@@ -146,6 +153,14 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
             if name in plan.functions:
                 continue
             fp = resolve_function(name, syms)
+            if btf is not None and fp.status == "absent":
+                bf = btf.function(name)
+                if bf is not None and bf.module != "vmlinux":
+                    # in the module's BTF but not in kallsyms: a module __init
+                    # function, whose code is freed once the module has loaded
+                    fp.status, fp.boot_only, fp.module = "not-traceable", True, bf.module
+                    fp.reason = (f"module init (__init) of {bf.module}: runs once at module load, "
+                                 "its code is freed afterwards")
             if btf is not None and fp.symbol:
                 bf = btf.function(name)
                 if bf is not None and fp.status == "clone":

@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import gzip
 import itertools
 import os
 import random
@@ -65,6 +64,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from pyroute2 import IPRoute
+
+from .kernel import module_status
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -378,64 +379,6 @@ def _inside_netns(name: str) -> Iterator[None]:
 # --------------------------------------------------------------------------
 # kernel modules
 # --------------------------------------------------------------------------
-
-
-def _kernel_config() -> dict[str, str]:
-    release = os.uname().release
-    for path in ("/proc/config.gz", f"/boot/config-{release}"):
-        try:
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        config = {}
-        for line in text.splitlines():
-            if line.startswith("CONFIG_") and "=" in line:
-                key, value = line.split("=", 1)
-                config[key] = value
-            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-                config[line[2:].split(" ", 1)[0]] = "n"
-        return config
-    return {}
-
-
-def module_status(module: str) -> str:
-    """How the running kernel provides ``module`` (e.g. ``"ipvlan"``).
-
-    Returns ``"loaded"`` (loaded module), ``"builtin"``, ``"loadable"``
-    (available under ``/lib/modules``, not loaded), ``"missing"`` (kernel
-    config says not set, or no such module anywhere we looked) or
-    ``"unknown"`` (nothing to look at). Best effort, never raises; the
-    authoritative test is creating the link.
-    """
-    try:
-        sysdir = f"/sys/module/{module}"
-        if os.path.isdir(sysdir):
-            return "loaded" if os.path.exists(f"{sysdir}/initstate") else "builtin"
-        moddir = f"/lib/modules/{os.uname().release}"
-        ko = f"/{module}.ko"
-        for fname, status in (("modules.builtin", "builtin"), ("modules.dep", "loadable")):
-            try:
-                with open(os.path.join(moddir, fname)) as fh:
-                    for line in fh:
-                        entry = line.split(":", 1)[0].strip()
-                        if entry.endswith(ko) or ko + "." in entry:
-                            return status
-            except OSError:
-                pass
-        value = _kernel_config().get(f"CONFIG_{module.upper()}")
-        if value == "y":
-            return "builtin"
-        if value == "m":
-            return "loadable" if os.path.isdir(moddir) else "missing"
-        if value == "n":
-            return "missing"
-        if os.path.isdir(moddir):
-            return "missing"
-    except Exception:  # noqa: BLE001 - diagnostics only
-        pass
-    return "unknown"
 
 
 # --------------------------------------------------------------------------

@@ -66,11 +66,16 @@ def test_read_kallsyms(tmp_path):
     f = tmp_path / "kallsyms"
     f.write_text(
         "ffffffff81000000 T _stext\n"
-        "ffffffff81001000 t macvlan_start_xmit\t[macvlan]\n"
+        "ffffffffc1001000 t macvlan_start_xmit\t[macvlan]\n"
         "ffffffff81002000 t netif_rx_internal.isra.0\n"
         "ffffffff81003000 d some_data\n"
+        "ffffffff83000000 T _sinittext\n"
+        "ffffffff83000100 t net_dev_init\n"
+        "ffffffff83100000 T _einittext\n"
+        "ffffffff83200000 t after_init_text\n"
     )
-    text, clones = read_kallsyms(str(f))
+    text, clones, init_text = read_kallsyms(str(f))
+    assert init_text == {"net_dev_init"}
     assert text["macvlan_start_xmit"] == "macvlan" and text["_stext"] == "vmlinux"
     assert "some_data" not in text
     assert clones == {"netif_rx_internal": ["netif_rx_internal.isra.0"]}

@@ -73,3 +73,32 @@ def test_members_and_types_are_notes_not_steps(spec):
 def test_prose_without_functions_is_an_error():
     with pytest.raises(SpecError, match="no bullet names a kernel function"):
         parse_prose("# t\n\n## s\n\n- just words\n", "n.md")
+
+
+def test_more_relations_and_notes():
+    doc = """# t
+
+## x
+
+- `ip link add a type foo`
+  - it is handled by `foo_link_ops`
+  - the request is handled by `foo_newlink`
+    - it creates the queue first
+      - `foo_alloc` is called to allocate it
+    - calls `foo_register` to make it visible
+  - `foo_dispatch` is handled by `foo_worker`
+- some words with no call at all
+"""
+    spec = parse_prose(doc, "t.md")
+    (path,) = spec.paths
+    f = by_function(path)
+    assert path.trigger == "ip link add a type foo"
+    assert f["foo_newlink"].parent == path.steps[0].number
+    assert f["foo_alloc"].parent == f["foo_newlink"].number
+    assert f["foo_register"].parent == f["foo_newlink"].number
+    # document order of callees is kept
+    kids = [s.function for s in path.children(f["foo_newlink"].number)]
+    assert kids == ["foo_alloc", "foo_register"]
+    assert f["foo_worker"].parent == f["foo_dispatch"].number
+    assert "it is handled by `foo_link_ops`" in path.steps[0].notes
+    assert "some words with no call at all" in spec.notes
