@@ -5,6 +5,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from callpath.analysis.calltext import BUILTINS, is_label, is_macro
 from callpath.analysis.outline import parse_outline
 from callpath.analysis.prose import parse_prose
 from callpath.analysis.readers import read_spec
@@ -12,6 +13,8 @@ from callpath.analysis.spec import SpecError
 
 IDENT = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True)
 ARG = st.one_of(IDENT, st.just(""), st.just("&x->y"), st.just("tb[IFLA_LINK]"), st.just("0"))
+#: names a reader takes for kernel functions (not pointer labels, macros or builtins)
+FUNC = IDENT.filter(lambda n: not is_label(n) and not is_macro(n) and n not in BUILTINS)
 CALL = st.builds(lambda f, a: f"{f}({', '.join(a)})", IDENT, st.lists(ARG, max_size=4))
 TAIL = st.sampled_from(["", ", if addr", ", A: broadcast", ", a remark", " ", ";"])
 STEP_TEXT = st.one_of(
@@ -57,12 +60,12 @@ def outline_tree(draw):
     """A well-formed outline and the (number, parent, function) triples it encodes."""
     expected = []
     for top in range(1, draw(st.integers(1, 3)) + 1):
-        expected.append((str(top), None, draw(IDENT)))
+        expected.append((str(top), None, draw(FUNC)))
         frontier = [str(top)]
         for _ in range(draw(st.integers(0, 8))):
             parent = draw(st.sampled_from(frontier))
             number = f"{parent}.{sum(1 for _, p, _ in expected if p == parent) + 1}"
-            expected.append((number, parent, draw(IDENT)))
+            expected.append((number, parent, draw(FUNC)))
             frontier.append(number)
     # document order: parents before children, siblings in order
     order = sorted(expected, key=lambda e: [int(x) for x in e[0].split(".")])
