@@ -26,7 +26,7 @@ ENTRY, RETURN = 0, 1
 
 FRAME_COLUMNS = [
     "frame", "parent", "thread", "function", "start_ns", "end_ns", "duration_ns",
-    "depth", "skb", "ifindex", "netns", "retval", "complete", "tid", "cpu", "comm",
+    "depth", "skb", "ifindex", "netns", "retval", "complete", "tid", "cpu", "comm", "mechanism",
 ]
 
 
@@ -73,9 +73,15 @@ class CallForest:
 
 
 def thread_keys(events: pd.DataFrame) -> pd.Series:
-    """The per-thread stack key of each event: ``"tid"`` or ``"0/cpu"`` for idle context."""
+    """The per-thread stack key of each event: ``"tid"`` or ``"0/cpu"`` for idle context,
+    prefixed by the recording mechanism when it is not kprobe (boot-time
+    function_graph events carry no tid: they are keyed per CPU)."""
     tid = events["tid"].astype("int64")
-    return tid.astype(str).where(tid != 0, "0/" + events["cpu"].astype(str))
+    key = tid.astype(str).where(tid != 0, "0/" + events["cpu"].astype(str))
+    if "mechanism" in events:
+        mech = events["mechanism"].fillna("kprobe")
+        key = key.where(mech == "kprobe", mech + ":" + key)
+    return key
 
 
 def build_forest(events: pd.DataFrame) -> CallForest:
@@ -100,6 +106,7 @@ def build_forest(events: pd.DataFrame) -> CallForest:
     tids = ev["tid"].to_numpy()
     cpus = ev["cpu"].to_numpy()
     comms = ev["comm"].to_numpy()
+    mechs = ev["mechanism"].to_numpy() if "mechanism" in ev else np.full(len(ev), "kprobe", dtype=object)
 
     rows: list[list] = []
     stacks: dict[str, list[int]] = {}
@@ -112,7 +119,7 @@ def build_forest(events: pd.DataFrame) -> CallForest:
             parent = stack[-1] if stack else -1
             fid = len(rows)
             rows.append([fid, parent, key, funcs[i], ts[i], None, None, len(stack),
-                         int(skb[i]), int(ifi[i]), int(nsi[i]), None, False, int(tids[i]), int(cpus[i]), comms[i]])
+                         int(skb[i]), int(ifi[i]), int(nsi[i]), None, False, int(tids[i]), int(cpus[i]), comms[i], mechs[i]])
             stack.append(fid)
             continue
         # return: find the innermost open frame of this function

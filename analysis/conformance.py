@@ -52,8 +52,13 @@ class StepResult:
         in_order / out_of_order: caller calls where the step ran after / before
             the siblings the document puts first.
         symbol: the kernel symbol probed (differs for compiler clones).
-        returns: observed return values -> count (``{"1": 12}``), for steps whose
-            document mentions return values or whose function returns a value.
+        returns: observed return values -> count (``{"0": 12}``), enum values by
+            name (``{"RX_HANDLER_PASS": 20}``, names from BTF); only for functions
+            that return a value (not void, not a pointer).
+        detail_returns: for steps whose document names return values, how often
+            each was seen and which never were.
+        mechanism: what recorded the evidence (``kprobe``, ``function_graph``,
+            ``kprobe_events``; see ``analysis.trace.MECHANISMS``).
         mean_ns: mean duration of the satisfying frames, ns.
     """
 
@@ -71,6 +76,8 @@ class StepResult:
     symbol: str | None = None
     returns: dict[str, int] = field(default_factory=dict)
     mean_ns: float | None = None
+    detail_returns: str = ""
+    mechanism: str | None = None
     branch: str | None = None
     condition: str | None = None
     line: int = 0
@@ -156,8 +163,11 @@ class Matcher:
         self._frames_cache: dict[str, np.ndarray] = {}
 
     def probed(self, name: str) -> bool:
+        """True when some mechanism recorded ``name`` (so absence of frames means something)."""
         fp = self.plan.get(name)
-        return bool(fp) and fp.get("func_id") is not None and name not in self.attach_failed
+        if not fp:
+            return False
+        return (fp.get("func_id") is not None and name not in self.attach_failed) or bool(fp.get("observed_by"))
 
     def _frames(self, name: str) -> np.ndarray:
         if name not in self._frames_cache:
@@ -197,6 +207,8 @@ class Matcher:
         fp = self.plan.get(step.function)
         if fp is None:
             return "not-traceable", "not in the probe plan"
+        if fp.get("observed_by"):
+            return None  # recorded by function_graph / kprobe events: match it
         if fp["status"] == "absent":
             return "absent", fp.get("reason", "not in kallsyms") + (f"; successor: {fp['successor']}" if fp.get("successor") else "")
         if fp["status"] == "not-traceable":
@@ -227,12 +239,21 @@ class Matcher:
                 res.verdict = "observed"
                 res.count = len(frames)
                 # the shortest satisfying chain reads best
-                res.evidence = self.forest.chain(min(frames, key=lambda f: (len(self.forest.ancestors(f)), f)))
+                best = min(frames, key=lambda f: (len(self.forest.ancestors(f)), f))
+                res.evidence = self.forest.chain(best)
+                res.mechanism = str(self.forest.frames.at[best, "mechanism"])
                 durations = self.forest.frames.loc[frames, "duration_ns"].dropna()
                 res.mean_ns = float(durations.mean()) if len(durations) else None
                 if returns_value(fp.get("return_type")):
+                    names = fp.get("return_names") or {}
                     rv = self.forest.frames.loc[frames, "retval"].dropna().astype("int64").value_counts()
-                    res.returns = {str(k): int(v) for k, v in rv.items()}
+                    res.returns = {names.get(str(k), str(k)): int(v) for k, v in rv.items()}
+                    missing = [r for r in step.expected_returns if r not in res.returns]
+                    if step.expected_returns:
+                        res.detail_returns = (
+                            "documented returns " + ", ".join(f"{r} ({res.returns.get(r, 0)}×)" for r in step.expected_returns)
+                            + (f"; never returned: {', '.join(missing)}" if missing else "")
+                        )
                 calls = f"{len(frames)} call{'s' if len(frames) != 1 else ''}"
                 res.detail = f"{calls} inside " + " > ".join(req) if req else f"{calls} in the run"
             else:

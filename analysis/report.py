@@ -123,6 +123,10 @@ def render_markdown(report: dict) -> str:
                 extra.append(f"probed as `{s['symbol']}`")
             if s.get("returns") and s["verdict"].startswith("observed"):
                 extra.append("returns " + ", ".join(f"{k}×{v}" for k, v in list(s["returns"].items())[:4]))
+            if s.get("mechanism") and s["mechanism"] != "kprobe":
+                extra.append(f"evidence from {s['mechanism']}")
+            if s.get("detail_returns"):
+                extra.append(s["detail_returns"])
             if s.get("mean_ns"):
                 extra.append(f"mean {s['mean_ns']:,.0f} ns")
             detail = "; ".join(x for x in [f"`{ev}`" if ev else "", s["detail"], *extra] if x)

@@ -38,8 +38,16 @@ SCHEMA = pa.schema(
         ("netns", pa.uint32()),
         ("retval", pa.int64()),
         ("comm", pa.string()),
+        ("mechanism", pa.string()),
     ]
 )
+
+#: How an event was recorded (the ``mechanism`` column).
+MECHANISMS = {
+    "kprobe": "kprobe/kretprobe with bcc, ring buffer",
+    "function_graph": "ftrace function_graph tracer at boot (kernel command line)",
+    "kprobe_events": "tracefs kprobe events while the module loaded",
+}
 
 
 class TraceError(ValueError):
@@ -68,20 +76,42 @@ def empty_events() -> pd.DataFrame:
     return SCHEMA.empty_table().to_pandas()
 
 
-def events_from_rows(rows: list[tuple], id_to_name: dict[int, str]) -> pd.DataFrame:
-    """Build the event table from decoded ring-buffer rows.
+def events_from_rows(rows: list[tuple], id_to_name: dict[int, str] | None = None, mechanism: str = "kprobe") -> pd.DataFrame:
+    """Build the event table from decoded rows.
 
     Args:
-        rows: tuples in ``probes.event.TRACE_COLUMNS`` order (``comm`` as bytes or str).
-        id_to_name: func_id -> documented function name.
+        rows: tuples in ``probes.event.TRACE_COLUMNS`` order (``comm`` as bytes or
+            str), optionally with the function name as a 13th field (ftrace text).
+        id_to_name: func_id -> documented function name, for rows without a name.
+        mechanism: a key of :data:`MECHANISMS`.
     """
-    cols = ("seq", "ts_ns", "kind", "func_id", "tid", "tgid", "cpu", "skb", "ifindex", "netns", "retval", "comm")
-    df = pd.DataFrame.from_records(rows, columns=cols) if rows else empty_events().drop(columns=["function"])
+    cols = ["seq", "ts_ns", "kind", "func_id", "tid", "tgid", "cpu", "skb", "ifindex", "netns", "retval", "comm"]
+    if rows and len(rows[0]) == 13:
+        cols = cols + ["function"]
+    df = pd.DataFrame.from_records(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
     if len(df):
         df["comm"] = [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in df["comm"]]
-    df.insert(4, "function", df["func_id"].map(lambda i: id_to_name.get(int(i), f"#{i}")) if len(df) else pd.Series(dtype=str))
-    table = pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
+    if "function" not in df:
+        names = id_to_name or {}
+        df["function"] = df["func_id"].map(lambda i: names.get(int(i), f"#{i}")) if len(df) else pd.Series(dtype=str)
+    df["mechanism"] = mechanism
+    table = pa.Table.from_pandas(df[SCHEMA.names], schema=SCHEMA, preserve_index=False)
     return table.to_pandas()
+
+
+def concat_events(*tables: pd.DataFrame) -> pd.DataFrame:
+    """Join event tables of several mechanisms; ``seq`` stays ordered per table."""
+    parts = [t for t in tables if len(t)]
+    if not parts:
+        return tables[0] if tables else empty_events()
+    out = []
+    offset = 0
+    for t in parts:
+        t = t.copy()
+        t["seq"] = t["seq"] + offset
+        offset = int(t["seq"].max()) + 1
+        out.append(t)
+    return pd.concat(out, ignore_index=True)
 
 
 def write_trace(trace: Trace, path: str | Path) -> Path:
@@ -117,6 +147,8 @@ def read_trace(path: str | Path) -> Trace:
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceError(f"{path}: Parquet file without callpath metadata (not written by callpath)")
+    if "mechanism" not in table.column_names:  # traces written before the column existed
+        table = table.append_column("mechanism", pa.array(["kprobe"] * table.num_rows, pa.string()))
     missing = [n for n in SCHEMA.names if n not in table.column_names]
     if missing:
         raise TraceError(f"{path}: trace lacks columns {', '.join(missing)}")

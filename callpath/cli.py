@@ -123,6 +123,14 @@ def _emit_report(trace_path: Path, specs, out: Path, as_json: bool) -> int:
     return 0
 
 
+def _default_workloads(args, specs) -> None:
+    """Without --workload and user traffic, run the workloads the documents' paths name."""
+    if args.workload or args.duration or args.until_interrupt or [c for c in args.command if c != "--"]:
+        return
+    wanted = [w for s in specs for p in s.paths for w in p.workloads]
+    args.workload = list(dict.fromkeys(wanted)) or None
+
+
 def _traffic_kwargs(args) -> dict:
     command = [c for c in args.command if c != "--"]
     return dict(workloads=args.workload, packets=args.packets, duration=args.duration,
@@ -156,6 +164,7 @@ def cmd_verify(args) -> int:
     given = expand_spec_args(args.specs)
     paths = [p.resolve() for p in given]  # the lab VM needs absolute paths
     specs = [read_spec(_display_path(p)) for p in given]
+    _default_workloads(args, specs)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     trace_path = out / "trace.parquet"
@@ -170,13 +179,25 @@ def cmd_verify(args) -> int:
 
         if args.until_interrupt:
             raise SystemExit("callpath: --until-interrupt cannot be used in the lab VM (no terminal); use --duration")
+        from .probes.boottrace import boot_roots, graph_cmdline, modules_of_release, read_init_text
+
         lab = choose_kernel(args.kernel)
         why = "requested" if args.kernel else f"the running kernel {kernel.kernel_release()} has no kprobes"
         _progress(f"probing in a lab VM on Debian kernel {lab.release} ({why})")
+        init_text = read_init_text(f"/boot/System.map-{lab.release}")
+        if not init_text:  # Debian's System.map is a stub: use the running kernel's
+            try:
+                init_text = kernel.read_kallsyms()[2]
+            except kernel.KernelAccessError:
+                init_text = set()
+        roots = boot_roots(specs, init_text, modules_of_release(lab.release))
+        append = graph_cmdline(roots) if roots else None
+        if roots:
+            _progress(f"boot-time paths {', '.join(roots)}: booting with the function_graph tracer on them")
         trace_path.unlink(missing_ok=True)
         inner = [sys.executable, "-u", "-m", "callpath", "record", *map(str, paths), "--out", str(trace_path),
                  "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}", *_traffic_argv(args)]
-        rc = run_in_lab(lab, inner, [out], progress=_progress, timeout_s=args.lab_timeout)
+        rc = run_in_lab(lab, inner, [out], progress=_progress, timeout_s=args.lab_timeout, append=append)
         if rc != 0 or not trace_path.exists():
             _progress(f"the lab VM run failed (exit status {rc}); see the [lab] lines above")
             return 1

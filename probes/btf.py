@@ -170,6 +170,9 @@ class BtfFunction:
         module: ``"vmlinux"`` or the module name the record came from.
         variadic: True when the prototype ends with ``...`` (a final
             btf_param with name_off 0 and type 0).
+        return_enum: when the return type is an enum (possibly behind a
+            typedef, e.g. ``rx_handler_result_t``), its ``(value, name)``
+            enumerators from the ENUM/ENUM64 record; ``()`` otherwise.
     """
 
     name: str
@@ -177,6 +180,7 @@ class BtfFunction:
     return_type: str
     module: str
     variadic: bool = False
+    return_enum: tuple[tuple[int, str], ...] = ()
 
     def skb_arg(self) -> tuple[int, int] | None:
         """Return ``(arg_index, pointer_depth)`` for the first parameter whose
@@ -390,6 +394,35 @@ class _Resolver:
             params.append((_t.string(name_off) if name_off else "", ptype))
         return self.display(ret, depth + 1), params, variadic
 
+    def proto_return_id(self, proto_id: int) -> int:
+        """The return type id of a FUNC_PROTO."""
+        return self.t.record(proto_id)[4]
+
+    def enum_values(self, type_id: int) -> tuple[tuple[int, str], ...]:
+        """Enumerators of ``type_id`` after typedefs/modifiers, ``()`` if not an enum.
+
+        ENUM members are ``{u32 name_off; s32 val}``; ENUM64 members
+        ``{u32 name_off; u32 val_lo32; u32 val_hi32}`` (Documentation/bpf/btf.rst 2.2.6, 2.2.19).
+        """
+        tid = self._skip_modifiers(type_id, 0)
+        if tid == 0:
+            return ()
+        t, off, _n, info, _st = self.t.record(tid)
+        kind, vlen, signed = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
+        out = []
+        if kind == KIND_ENUM:
+            for i in range(vlen):
+                name_off, val = struct.unpack_from(t._u32.format[0] + "Ii", t.data, off + 12 + 8 * i)
+                out.append((val if signed or val >= 0 else val & 0xFFFFFFFF, t.string(name_off)))
+        elif kind == KIND_ENUM64:
+            for i in range(vlen):
+                name_off, lo, hi = t._u32x3.unpack_from(t.data, off + 12 + 12 * i)
+                val = (hi << 32) | lo
+                if signed and val >= 1 << 63:
+                    val -= 1 << 64
+                out.append((val, t.string(name_off)))
+        return tuple(out)
+
     def _proto_spelling(self, proto_id: int, depth: int, ptr: str) -> str:
         ret, params, variadic = self.proto(proto_id, depth)
         args = [self.display(pt, depth + 1) for _n, pt in params]
@@ -589,7 +622,8 @@ class BtfIndex:
         for pname, ptype in raw_params:
             depth, target = res.target(ptype)
             params.append(BtfParam(pname, res.display(ptype), depth, target))
-        fn = BtfFunction(key, tuple(params), ret, table.module, variadic)
+        enum = res.enum_values(res.proto_return_id(proto_id))
+        fn = BtfFunction(key, tuple(params), ret, table.module, variadic, enum)
         self._cache[key] = fn
         return fn
 

@@ -48,6 +48,11 @@ class FunctionPlan:
             a netlink message (rtnetlink handlers), not a packet.
         boot_only: an ``__init`` function: runs once at boot (or module load)
             and its code is freed afterwards, so it cannot be probed later.
+        return_names: for an enum return type, value (as a decimal string) ->
+            enumerator name, from BTF (``{"3": "RX_HANDLER_PASS"}``).
+        observed_by: mechanisms other than the kprobe program that recorded
+            this function (``function_graph`` at boot, ``kprobe_events`` during
+            module load); such a function is matched even when not kprobe-able.
     """
 
     name: str
@@ -64,6 +69,8 @@ class FunctionPlan:
     return_type: str | None = None
     netlink: bool = False
     boot_only: bool = False
+    return_names: dict[str, str] = field(default_factory=dict)
+    observed_by: list[str] = field(default_factory=list)
 
     @property
     def probed(self) -> bool:
@@ -172,6 +179,7 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
                 elif bf is not None:
                     fp.params = [p.name for p in bf.params]
                     fp.return_type = bf.return_type
+                    fp.return_names = {str(v): n for v, n in bf.return_enum}
                     fp.netlink = any(p.target == "struct nlmsghdr" for p in bf.params)
                     skb = bf.skb_arg()
                     if skb and skb[0] <= 6:

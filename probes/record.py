@@ -17,6 +17,7 @@ unmounted if this run mounted it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -27,7 +28,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from ..analysis.spec import Spec
-from . import kernel
+from . import boottrace, kernel
 from .btf import BtfError, load_kernel_btf
 from .loader import Recorder
 from .plan import build_plan
@@ -58,6 +59,35 @@ def check_can_record() -> None:
             f"kernel {kernel.kernel_release()} has no kprobe support (/sys/bus/event_source/devices/kprobe missing; "
             "CONFIG_KPROBES not set): use `callpath verify` (lab VM) instead"
         )
+
+
+def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path) -> list[tuple[list[tuple], str]]:
+    """Evidence for run-once code: the boot call graph, module init under kprobe events.
+
+    The raw ftrace text is kept in ``raw_dir`` (``boot-graph.txt``,
+    ``module-init-MODULE.txt``). Modules loaded here are unloaded when
+    ``cleanup`` (an ExitStack) closes.
+    """
+    out = []
+    graph = boottrace.capture_boot_graph(tracefs)
+    if graph:
+        rows, stats, text = graph
+        (raw_dir / "boot-graph.txt").write_text(text)
+        progress(f"boot-time function_graph: {stats['calls']} calls of {len(stats['functions'])} functions")
+        meta["boot_graph"] = {"calls": stats["calls"], "functions": len(stats["functions"]),
+                              "unmatched_closes": stats["unmatched_closes"]}
+        out.append((rows, "function_graph"))
+    init_paths = boottrace.module_init_paths(specs)
+    if init_paths:
+        text, _clones, _init = kernel.read_kallsyms()
+        for module, functions in init_paths.items():
+            cleanup.callback(subprocess.run, ["modprobe", "-r", module], capture_output=True, timeout=60)
+            rows, notes, raw = boottrace.capture_module_init(tracefs, module, functions, text, progress)
+            (raw_dir / f"module-init-{module}.txt").write_text(raw)
+            progress(f"module init of {module}: {len(rows)} kprobe events" + (f" ({'; '.join(notes)})" if notes else ""))
+            meta.setdefault("module_init", {})[module] = {"events": len(rows), "notes": notes}
+            out.append((rows, "kprobe_events"))
+    return out
 
 
 class _Terminated(Exception):
@@ -109,9 +139,15 @@ def record(
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     meta: dict = {"kernel": kernel.kernel_release(), "host": socket.gethostname(), "where": where,
                   "specs": [s.source for s in specs], "started": started, "mechanism": "kprobe"}
+    once: list[tuple[list[tuple], str]] = []  # (rows, mechanism) of run-once code
     try:
-        progress(f"kernel {meta['kernel']}: loading driver modules {', '.join(DRIVER_MODULES)}")
-        with kernel.modules_loaded(DRIVER_MODULES, progress) as modules:
+        with contextlib.ExitStack() as cleanup:
+            tracefs = cleanup.enter_context(kernel.mounted_tracefs())
+            if tracefs:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, Path(out).parent))
+            progress(f"kernel {meta['kernel']}: loading driver modules {', '.join(DRIVER_MODULES)}")
+            modules = cleanup.enter_context(kernel.modules_loaded(DRIVER_MODULES, progress))
             meta["modules"] = modules
             progress("reading kallsyms and available_filter_functions")
             syms = kernel.load_symbols()
@@ -121,6 +157,10 @@ def record(
                 progress(f"no BTF ({err}); skb arguments unknown, latency limited")
                 btf = None
             plan = build_plan(specs, syms, btf)
+            for rows, mechanism in once:
+                for name in {r[-1] for r in rows}:
+                    if name in plan.functions and mechanism not in plan.functions[name].observed_by:
+                        plan.functions[name].observed_by.append(mechanism)
             meta["plan"] = plan.to_dict()
             n_probe = len(plan.probed())
             if not n_probe:
@@ -158,10 +198,11 @@ def record(
             meta["lost"] = rec.lost
             # pandas/pyarrow are imported only now: importing them costs tens of
             # seconds under TCG emulation, better spent after the recording
-            from ..analysis.trace import Trace, events_from_rows, write_trace  # noqa: PLC0415
+            from ..analysis.trace import Trace, concat_events, events_from_rows, write_trace  # noqa: PLC0415
 
             id_to_name = {fp.func_id: fp.name for fp in plan.probed()}
-            events = events_from_rows(rec.rows, id_to_name)
+            events = concat_events(events_from_rows(rec.rows, id_to_name),
+                                   *(events_from_rows(rows, mechanism=m) for rows, m in once))
             meta["events"] = len(events)
     finally:
         signal.signal(signal.SIGTERM, old_term)

@@ -790,9 +790,35 @@ class Workload:
         return f"<workload {self.name}: {self.description}>"
 
 
+def _set_gro(ns: str, ifname: str, enable: bool, run: "_Run") -> bool:
+    """Switch generic receive offload (``rx-gro``) of ``ifname`` in ``ns`` with
+    pyroute2's ethtool (the ``ethtool -K IF gro on`` equivalent). Returns
+    False, with a note in the result, when the kernel or pyroute2 refuses."""
+    try:
+        from pyroute2.ethtool import Ethtool
+
+        with _inside_netns(ns):
+            eth = Ethtool()  # its sockets belong to the namespace they are made in
+        try:
+            features = eth.get_features(ifname)
+            features.features["rx-gro"].enable = enable
+            eth.set_features(ifname, features)
+            now = eth.get_features(ifname).features["rx-gro"].enable
+        finally:
+            eth.close()
+    except Exception as exc:  # noqa: BLE001 - optional step: noted, not fatal
+        run.result.notes.append(f"could not set rx-gro on {ifname}: {exc!r}")
+        return False
+    if now != enable:
+        run.result.notes.append(f"rx-gro on {ifname} stayed {'off' if enable else 'on'}")
+        return False
+    return True
+
+
 class VethWorkload(Workload):
     name = "veth"
-    description = "veth pair between two namespaces: UDP and ICMP echo a->b"
+    description = ("veth pair between two namespaces: UDP and ICMP echo a->b, then UDP again "
+                   "with GRO on the receiver (veth NAPI)")
     modules = ("veth",)
 
     A_ADDR, B_ADDR = "198.51.100.1", "198.51.100.2"
@@ -816,6 +842,13 @@ class VethWorkload(Workload):
                      {"udp a->b": receiver})
         run.progress("sending", f"{run.packets} ICMP echo requests a->b")
         run.icmp_echo_flow("icmp echo a->b", ns_a, ns_b, self.B_ADDR, run.packets)
+        # With GRO on the receiving veth, veth turns on NAPI: frames go through
+        # the peer's ptr_ring and veth_poll (drivers/net/veth.c, veth_set_features)
+        # instead of __netif_rx -- the NAPI receive path of the documents.
+        if _set_gro(ns_b, "veth1", True, run):
+            run.progress("sending", f"{run.packets} UDP datagrams a->b with GRO on veth1 (NAPI: veth_poll)")
+            run.udp_flow("udp a->b napi", sender, (self.B_ADDR, self.UDP_PORT), run.packets,
+                         {"udp a->b napi": receiver})
 
 
 class _LowerPeerWorkload(Workload):
@@ -883,7 +916,8 @@ class _LowerPeerWorkload(Workload):
 class MacvlanWorkload(_LowerPeerWorkload):
     name = "macvlan"
     description = ("macvlan bridge mode: UDP mv0->mv1, ARP and UDP broadcast, "
-                   "UDP mv0->outside peer over veth lower0; then a macvtap link on lower0")
+                   "UDP mv0->outside peer over veth lower0, UDP peer->mv0 and peer->lower0 "
+                   "(rx_handler); then a macvtap link on lower0")
     modules = ("veth", "macvlan")
     kind = "macvlan"
     tap_kind = "macvtap"
@@ -891,8 +925,14 @@ class MacvlanWorkload(_LowerPeerWorkload):
     roles = ("m0", "m1")
     subnet = "192.0.2."
 
+    REVERSE_PORT = 47014
+
     def _upper_kwargs(self) -> dict:
         return {"macvlan_mode": "bridge"}
+
+    def _configure_lower(self, run: _Run, ns: dict[str, str]) -> None:
+        # an address of its own, so that frames to lower0 itself exist
+        run.configure(ns["lower"], "lower0", self.subnet + "2", 24, self.subnet + "255")
 
     def _body(self, run: _Run) -> None:
         net = self.subnet
@@ -923,6 +963,18 @@ class MacvlanWorkload(_LowerPeerWorkload):
                      {"udp m0->peer": peer_unicast})
         arp_m1.drain()
         run.result.received["arp broadcast at m1"] = arp_m1.count
+        # receive side: frames arriving on lower0 pass macvlan_handle_frame
+        # (the rx_handler): to a macvlan's MAC -> RX_HANDLER_ANOTHER, to
+        # lower0's own -> RX_HANDLER_PASS
+        m0_from_peer = run.udp_receiver(ns["m0"], self.REVERSE_PORT)
+        lower_from_peer = run.udp_receiver(ns["lower"], self.REVERSE_PORT)
+        peer_sender = run.udp_sender(ns["peer"])
+        run.progress("sending", f"{n} UDP datagrams peer->m0 (rx_handler: to a macvlan)")
+        run.udp_flow("udp peer->m0", peer_sender, (net + "10", self.REVERSE_PORT), n,
+                     {"udp peer->m0": m0_from_peer})
+        run.progress("sending", f"{n} UDP datagrams peer->lower0 (rx_handler: to the lower device)")
+        run.udp_flow("udp peer->lower0", peer_sender, (net + "2", self.REVERSE_PORT), n,
+                     {"udp peer->lower0": lower_from_peer})
         self._add_tap(run, ns)
 
 

@@ -446,3 +446,18 @@ def test_kernel_misc_facts(kernel_idx):
     # kernel/printk/printk.c: int _printk(const char *fmt, ...)
     p = kernel_idx.function("_printk")
     assert p.variadic and p.params == (BtfParam("fmt", "const char *", 1, "char"),)
+
+
+@needs_vmlinux
+def test_kernel_enum_return_names(kernel_idx):
+    # include/linux/netdevice.h: enum rx_handler_result { RX_HANDLER_CONSUMED, _ANOTHER, _EXACT, _PASS }
+    f = kernel_idx.function("netdev_rx_handler_register")
+    assert f is not None and f.return_enum == ()  # int
+    for name in ("macvlan_handle_frame", "tap_handle_frame"):
+        f = kernel_idx.function(name)
+        if f is not None:
+            assert f.return_type == "rx_handler_result_t"
+            assert dict(f.return_enum) == {0: "RX_HANDLER_CONSUMED", 1: "RX_HANDLER_ANOTHER", 2: "RX_HANDLER_EXACT", 3: "RX_HANDLER_PASS"}
+            break
+    else:
+        pytest.skip("no rx_handler in this kernel's BTF")

@@ -107,3 +107,13 @@ def test_dataclass_fields_all_serialised():
     covered = {"number", "parent", "text", "kind", "chain", "args", "labels", "result", "condition", "branch",
                "remark", "statement_kind", "line", "notes", "expected_returns"}
     assert {f.name for f in dataclasses.fields(Step)} == covered
+
+
+def test_readme_example_is_a_valid_spec():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = ownspec.loads(block, "README.md")
+    (path,) = spec.paths
+    assert path.workloads == ["macvlan"]
+    assert [s.kind for s in path.steps] == ["call", "call", "call", "statement"]
+    assert path.step("1.1").branch == "B: unicast"
