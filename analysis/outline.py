@@ -59,8 +59,8 @@ def parse_outline(text: str, source: str) -> Spec:
     """
     spec = Spec(source=source, format="outline", title=FsPath(source).name)
     current: Path | None = None
-    numbers: dict[str, set[str]] = {}  # path number -> step numbers seen
-    last_child: dict[tuple[str, str], int] = {}  # (path, parent) -> highest child index seen
+    numbers: dict[int, set[str]] = {}  # id(path) -> step numbers seen in it
+    last_child: dict[tuple[int, str], int] = {}  # (id(path), parent) -> highest child index seen
     in_diagram = False
     last_step: Step | None = None
     last_number: tuple[int, ...] = ()
@@ -90,11 +90,11 @@ def parse_outline(text: str, source: str) -> Spec:
             last_number = key
             parsed = parse_step_text(body)
             if "." not in number:
-                if top in numbers:
+                if any(p.number == top for p in spec.paths):
                     spec.warnings.append(f"{source}:{lineno}: section {top} is numbered twice; read as a new path")
                 current = Path(number=number, name=body.strip(), source=f"{source}:{lineno}")
                 spec.paths.append(current)
-                numbers[top] = {number}
+                numbers[id(current)] = {number}
                 parent = None
             else:
                 if current is None or top != current.number:
@@ -105,8 +105,8 @@ def parse_outline(text: str, source: str) -> Spec:
                     if current is None:
                         current = Path(number=top, name=f"section {top}", source=f"{source}:{lineno}")
                         spec.paths.append(current)
-                        numbers[top] = set()
-                known = numbers[current.number]
+                        numbers[id(current)] = set()
+                known = numbers[id(current)]
                 if number in known:
                     spec.warnings.append(f"{source}:{lineno}: step {number} is numbered twice; both kept")
                 written_parent = number.rsplit(".", 1)[0]
@@ -122,11 +122,11 @@ def parse_outline(text: str, source: str) -> Spec:
                     )
                 known.add(number)
                 index = int(number.rsplit(".", 1)[1])
-                previous = last_child.get((current.number, written_parent), 0)
+                previous = last_child.get((id(current), written_parent), 0)
                 if index > previous + 1:
                     missing = f"{written_parent}.{previous + 1}"
                     spec.warnings.append(f"{source}:{lineno}: step {number} skips {missing} (numbering has a gap)")
-                last_child[(current.number, written_parent)] = max(previous, index)
+                last_child[(id(current), written_parent)] = max(previous, index)
             step = Step(
                 number=number,
                 parent=parent,

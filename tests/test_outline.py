@@ -120,3 +120,12 @@ def test_bad_input_is_one_line_error(tmp_path, data, where):
         read_spec(f)
     msg = str(err.value)
     assert "\n" not in msg and msg.replace(str(tmp_path) + "/", "").startswith(where)
+
+
+def test_section_numbered_twice_keeps_paths_apart():
+    # found by hypothesis: a step of the first "1." must not take a parent from the second
+    spec = parse_outline("1.0 memcpy(a, b, 6)\n1. memcpy(a, b, 6)\n2. f_x()\n1.0 g_y()\n", "t.txt")
+    for p in spec.paths:
+        numbers = {s.number for s in p.steps}
+        assert all(s.parent is None or s.parent in numbers for s in p.steps)
+    assert any("numbered twice" in w for w in spec.warnings)

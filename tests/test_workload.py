@@ -207,7 +207,8 @@ def test_veth_delivers_udp_and_icmp(nothing_left):
     phases: list[str] = []
     result = run_workload("veth", packets=30, progress=lambda m: phases.append(m.phase))
     assert result.name == "veth"
-    assert result.sent == {"udp a->b": 30, "icmp echo a->b": 30}
+    assert result.sent == {"udp a->b": 30, "icmp echo a->b": 30, "udp a->b napi": 30}
+    assert result.received["udp a->b napi"] == 30  # with GRO on veth1: veth's NAPI receive path
     assert result.received["udp a->b"] > 0
     assert result.received["udp a->b"] == 30  # lossless inside one host
     assert result.received["icmp echo a->b requests at b"] > 0
@@ -224,7 +225,10 @@ def test_veth_delivers_udp_and_icmp(nothing_left):
 @pytest.mark.root
 def test_macvlan_bridge_traffic(nothing_left):
     result = run_workload("macvlan", packets=20)
-    assert result.sent == {"udp m0->m1": 20, "udp broadcast m0": 5, "udp m0->peer": 20}
+    assert result.sent == {"udp m0->m1": 20, "udp broadcast m0": 5, "udp m0->peer": 20,
+                           "udp peer->m0": 20, "udp peer->lower0": 20}
+    # the receive side: to a macvlan (rx_handler -> ANOTHER) and to the lower device (-> PASS)
+    assert result.received["udp peer->m0"] == 20 and result.received["udp peer->lower0"] == 20
     assert result.received["udp m0->m1"] > 0
     assert result.received["udp m0->peer"] > 0
     assert result.received["udp broadcast m0 at m1"] > 0
