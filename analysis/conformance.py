@@ -246,7 +246,9 @@ class Matcher:
                 res.mean_ns = float(durations.mean()) if len(durations) else None
                 if returns_value(fp.get("return_type")):
                     names = fp.get("return_names") or {}
-                    rv = self.forest.frames.loc[frames, "retval"].dropna().astype("int64").value_counts()
+                    fr = self.forest.frames.loc[frames]
+                    # function_graph records durations, not return values
+                    rv = fr.loc[fr["mechanism"] != "function_graph", "retval"].dropna().astype("int64").value_counts()
                     res.returns = {names.get(str(k), str(k)): int(v) for k, v in rv.items()}
                     missing = [r for r in step.expected_returns if r not in res.returns]
                     if step.expected_returns:

@@ -42,7 +42,8 @@ def _add_traffic_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--until-interrupt", action="store_true", help="record your own traffic until Ctrl-C")
     g.add_argument("--ringbuf-pages", type=int, default=1024, metavar="N",
                    help="BPF ring buffer size in 4 KiB pages, a power of two (default 1024 = 4 MiB)")
-    p.add_argument("command", nargs="*", metavar="-- CMD", help="record while this command runs")
+    p.set_defaults(command=[])
+    p.epilog = (p.epilog or "") + "\nEverything after -- is a command to record around (`callpath record specs/ --out t.parquet -- ./traffic.sh`).\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("specs", nargs="*", metavar="SPEC", help="documents or directories (default: the shipped specs/)")
     r.add_argument("--out", required=True, metavar="TRACE.parquet", help="trace file to write")
     r.add_argument("--where", default="", help=argparse.SUPPRESS)
+    r.add_argument("--boot-graph", metavar="FILE", help=argparse.SUPPRESS)
     r.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     _add_traffic_args(r)
 
@@ -195,8 +197,19 @@ def cmd_verify(args) -> int:
         if roots:
             _progress(f"boot-time paths {', '.join(roots)}: booting with the function_graph tracer on them")
         trace_path.unlink(missing_ok=True)
-        inner = [sys.executable, "-u", "-m", "callpath", "record", *map(str, paths), "--out", str(trace_path),
-                 "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}", *_traffic_argv(args)]
+        import shlex
+
+        from .probes.boottrace import save_graph_script
+
+        graph_file = out / "boot-graph.txt"
+        graph_file.unlink(missing_ok=True)
+        record_argv = [sys.executable, "-u", "-m", "callpath", "record", *map(str, paths), "--out", str(trace_path),
+                       "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}", *_traffic_argv(args)]
+        if roots:
+            record_argv[5:5] = ["--boot-graph", str(graph_file)]
+            inner = ["sh", "-c", save_graph_script(shlex.quote(str(graph_file))) + "; exec " + shlex.join(record_argv)]
+        else:
+            inner = record_argv
         rc = run_in_lab(lab, inner, [out], progress=_progress, timeout_s=args.lab_timeout, append=append)
         if rc != 0 or not trace_path.exists():
             _progress(f"the lab VM run failed (exit status {rc}); see the [lab] lines above")
@@ -215,7 +228,8 @@ def cmd_record(args) -> int:
         print(PROGRAM.read_text())
         return 0
     specs = read_specs(args.specs)
-    record(specs, Path(args.out), where=args.where, progress=_progress, **_traffic_kwargs(args))
+    record(specs, Path(args.out), where=args.where, boot_graph=args.boot_graph, progress=_progress,
+           **_traffic_kwargs(args))
     return 0
 
 
@@ -322,7 +336,15 @@ def cmd_kernels(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 failure, 2 bad input)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "-- CMD ...": the command to record around; argparse would mix it with SPECs
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
+    if command:
+        if args.cmd not in ("verify", "record"):
+            parser.error("'-- CMD' is only for verify and record")
+        args.command = command
     if not args.cmd:
         parser.print_help()
         return 2

@@ -101,26 +101,45 @@ def graph_cmdline(functions: list[str]) -> str:
     return GRAPH_CMDLINE.format(functions=",".join(functions))
 
 
-def capture_boot_graph(tracefs: str) -> tuple[list[tuple], dict, str] | None:
-    """Read the boot-time function_graph trace, then switch the tracer off and clear it.
+def save_graph_script(target: str) -> str:
+    """Shell lines that, first thing in the lab VM, copy the boot graph to ``target``
+    and switch the tracer off: the graph hook slows every traced call (under
+    TCG, Python's start-up doubles) until it is off."""
+    return (
+        "T=/sys/kernel/tracing; "
+        'if [ "$(cat $T/current_tracer 2>/dev/null)" = function_graph ]; then '
+        f"cat $T/trace > {target}; echo nop > $T/current_tracer; echo > $T/set_graph_function; echo > $T/trace; fi"
+    )
+
+
+def capture_boot_graph(tracefs: str | None, saved: str | Path | None = None) -> tuple[list[tuple], dict, str] | None:
+    """The boot-time function_graph trace: from ``saved`` (written by
+    :func:`save_graph_script`) or else from tracefs, switching the tracer off.
 
     Returns:
         ``(rows, stats, text)``: :func:`analysis.ftrace_text.parse_function_graph`'s
-        result and the raw trace text; None when the function_graph tracer is not
-        the current tracer (the kernel was booted without the options).
+        result and the raw trace text; None when there is no boot graph (the
+        kernel was booted without the options).
     """
-    tracer = Path(tracefs, "current_tracer")
-    try:
-        if tracer.read_text().strip() != "function_graph":
+    if saved is not None and Path(saved).exists():
+        text = Path(saved).read_text(errors="replace")
+    else:
+        if not tracefs:
             return None
-        text = Path(tracefs, "trace").read_text(errors="replace")
-    except OSError:
-        return None
+        tracer = Path(tracefs, "current_tracer")
+        try:
+            if tracer.read_text().strip() != "function_graph":
+                return None
+            text = Path(tracefs, "trace").read_text(errors="replace")
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            tracer.write_text("nop\n")
+            Path(tracefs, "set_graph_function").write_text("\n")
+            Path(tracefs, "trace").write_text("")
     rows, stats = parse_function_graph(text)
-    with contextlib.suppress(OSError):
-        tracer.write_text("nop\n")  # the graph hook costs every traced call: stop it
-        Path(tracefs, "set_graph_function").write_text("\n")
-        Path(tracefs, "trace").write_text("")
+    if not stats["calls"]:
+        return None
     return rows, stats, text
 
 
@@ -142,6 +161,16 @@ def module_init_paths(specs: list[Spec]) -> dict[str, list[str]]:
                 if f not in fns:
                     fns.append(f)
     return out
+
+
+def _append(path: Path, line: str) -> None:
+    """Append one line to a tracefs control file. (Python's append mode seeks to the
+    end first, which tracefs's kprobe_events refuses with EINVAL: write with O_APPEND.)"""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
 
 
 def capture_module_init(tracefs: str, module: str, functions: list[str], kallsyms: dict[str, str],
@@ -173,8 +202,7 @@ def capture_module_init(tracefs: str, module: str, functions: list[str], kallsym
         for kind, letter, extra in ((ENTRY, "p", ""), (RETURN, "r", " arg1=$retval")):
             name = f"cp_{letter}{i}"
             try:
-                with open(kevents, "a") as fh:
-                    fh.write(f"{letter}:{EVENT_GROUP}/{name} {target}{extra}\n")
+                _append(kevents, f"{letter}:{EVENT_GROUP}/{name} {target}{extra}")
                 defined[name] = (fn, kind)
             except OSError as err:
                 notes.append(f"{fn}: kprobe event {target} refused ({err.strerror})")
@@ -195,8 +223,8 @@ def capture_module_init(tracefs: str, module: str, functions: list[str], kallsym
             if enable.exists():
                 enable.write_text("0\n")
         for name in defined:
-            with contextlib.suppress(OSError), open(kevents, "a") as fh:
-                fh.write(f"-:{EVENT_GROUP}/{name}\n")
+            with contextlib.suppress(OSError):
+                _append(kevents, f"-:{EVENT_GROUP}/{name}")
         with contextlib.suppress(OSError):
             Path(tracefs, "trace").write_text("")
     return parse_kprobe_events(text, defined), notes, text

@@ -61,7 +61,8 @@ def check_can_record() -> None:
         )
 
 
-def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path) -> list[tuple[list[tuple], str]]:
+def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path,
+                      boot_graph: str | None = None) -> list[tuple[list[tuple], str]]:
     """Evidence for run-once code: the boot call graph, module init under kprobe events.
 
     The raw ftrace text is kept in ``raw_dir`` (``boot-graph.txt``,
@@ -69,10 +70,11 @@ def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path) ->
     ``cleanup`` (an ExitStack) closes.
     """
     out = []
-    graph = boottrace.capture_boot_graph(tracefs)
+    graph = boottrace.capture_boot_graph(tracefs, boot_graph)
     if graph:
         rows, stats, text = graph
-        (raw_dir / "boot-graph.txt").write_text(text)
+        if boot_graph is None or Path(boot_graph).resolve() != (raw_dir / "boot-graph.txt").resolve():
+            (raw_dir / "boot-graph.txt").write_text(text)
         progress(f"boot-time function_graph: {stats['calls']} calls of {len(stats['functions'])} functions")
         meta["boot_graph"] = {"calls": stats["calls"], "functions": len(stats["functions"]),
                               "unmatched_closes": stats["unmatched_closes"]}
@@ -108,6 +110,7 @@ def record(
     command: list[str] | None = None,
     ringbuf_pages: int = 1024,
     where: str = "",
+    boot_graph: str | None = None,
     progress=lambda m: None,
 ) -> Path:
     """Probe the functions of ``specs`` while traffic flows; write the trace.
@@ -122,6 +125,8 @@ def record(
         command: run this command and record until it exits.
         ringbuf_pages: BPF ring buffer size in 4 KiB pages (power of two).
         where: a note on where this runs (``"lab VM"``), kept in the metadata.
+        boot_graph: a file holding the boot-time function_graph trace, saved
+            before Python started (lab VM); else tracefs is read if it has one.
         progress: callable taking one status line.
 
     Returns:
@@ -145,7 +150,7 @@ def record(
             tracefs = cleanup.enter_context(kernel.mounted_tracefs())
             if tracefs:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, Path(out).parent))
+                once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, Path(out).parent, boot_graph))
             progress(f"kernel {meta['kernel']}: loading driver modules {', '.join(DRIVER_MODULES)}")
             modules = cleanup.enter_context(kernel.modules_loaded(DRIVER_MODULES, progress))
             meta["modules"] = modules

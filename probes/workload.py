@@ -791,8 +791,8 @@ class Workload:
 
 
 def _set_gro(ns: str, ifname: str, enable: bool, run: "_Run") -> bool:
-    """Switch generic receive offload (``rx-gro``) of ``ifname`` in ``ns`` with
-    pyroute2's ethtool (the ``ethtool -K IF gro on`` equivalent). Returns
+    """Switch generic receive offload (``rx-gro``, and ``rx-udp-gro-forwarding``)
+    of ``ifname`` in ``ns`` with pyroute2's ethtool (``ethtool -K IF gro on``). Returns
     False, with a note in the result, when the kernel or pyroute2 refuses."""
     try:
         from pyroute2.ethtool import Ethtool
@@ -801,7 +801,12 @@ def _set_gro(ns: str, ifname: str, enable: bool, run: "_Run") -> bool:
             eth = Ethtool()  # its sockets belong to the namespace they are made in
         try:
             features = eth.get_features(ifname)
-            features.features["rx-gro"].enable = enable
+            # rx-udp-gro-forwarding too: veth hands a frame to NAPI only when
+            # the sender has no TSO or the receiver takes UDP GRO forwarding
+            # (veth_skb_is_eligible_for_gro(), drivers/net/veth.c)
+            for name in ("rx-gro", "rx-udp-gro-forwarding"):
+                if name in features.features:
+                    features.features[name].enable = enable
             eth.set_features(ifname, features)
             now = eth.get_features(ifname).features["rx-gro"].enable
         finally:

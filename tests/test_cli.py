@@ -40,3 +40,14 @@ def test_host_without_kprobes_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "callpath: error:" in err and ("no kprobe support" in err or "needs root" in err)
     assert "Traceback" not in err
+
+
+def test_command_after_double_dash(monkeypatch):
+    from callpath import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_record", lambda a: seen.update(specs=a.specs, out=a.out, command=a.command) or 0)
+    assert main(["record", "s1", "s2", "--out", "t.parquet", "--", "./traffic.sh", "-n", "3"]) == 0
+    assert seen == {"specs": ["s1", "s2"], "out": "t.parquet", "command": ["./traffic.sh", "-n", "3"]}
+    assert cli._traffic_kwargs(type("A", (), {"workload": None, "packets": 5, "duration": None, "until_interrupt": False,
+                                              "command": ["x"], "ringbuf_pages": 64})())["command"] == ["x"]
