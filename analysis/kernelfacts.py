@@ -38,3 +38,18 @@ def known_successor(name: str, symbols: dict[str, str] | set[str]) -> tuple[str,
         if cand and cand in symbols:
             return cand, f"renamed or split: {cand} exists"
     return None
+
+
+#: Function-name prefixes -> the module that holds them in distribution kernels
+#: (drivers/net/{macvtap,macvlan,ipvlan/ipvtap,ipvlan/ipvlan_main,veth,tap}.c).
+MODULE_PREFIXES = (("macvtap_", "macvtap"), ("macvlan_", "macvlan"), ("ipvtap_", "ipvtap"),
+                   ("ipvlan_", "ipvlan"), ("veth_", "veth"), ("tap_", "tap"))
+
+
+def module_of(function: str) -> str | None:
+    """The module that likely holds ``function``, by name prefix (None: unknown).
+
+    Used to name ``MODULE:function`` before a module is loaded and to explain
+    why a function is missing when its module is not available.
+    """
+    return next((mod for prefix, mod in MODULE_PREFIXES if function.startswith(prefix)), None)

@@ -27,22 +27,13 @@ import re
 import subprocess
 from pathlib import Path
 
+from ..analysis.kernelfacts import module_of
 from ..analysis.ftrace_text import ENTRY, RETURN, parse_function_graph, parse_kprobe_events
 from ..analysis.spec import Spec
 from .kernel import module_status
 
 GRAPH_CMDLINE = "ftrace=function_graph ftrace_graph_filter={functions} trace_buf_size=8M trace_clock=global"
 EVENT_GROUP = "callpath"
-#: Function-name prefixes -> module, to name ``MODULE:function`` before the module is loaded.
-MODULE_PREFIXES = (("macvtap_", "macvtap"), ("macvlan_", "macvlan"), ("ipvtap_", "ipvtap"),
-                   ("ipvlan_", "ipvlan"), ("veth_", "veth"), ("tap_", "tap"))
-
-
-def module_of(function: str) -> str | None:
-    """The module that likely holds ``function``, by name prefix (None: unknown)."""
-    return next((mod for prefix, mod in MODULE_PREFIXES if function.startswith(prefix)), None)
-
-
 def read_init_text(system_map: str | Path) -> set[str]:
     """``__init`` functions of a kernel image from its System.map (``/boot/System.map-RELEASE``):
     text symbols between ``_sinittext`` and ``_einittext``. Empty when unreadable."""

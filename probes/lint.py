@@ -10,14 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from ..analysis.kernelfacts import module_of
 from ..analysis.spec import Spec
 from .plan import FunctionPlan, ProbePlan
 
 LINT_STATUSES = ("traceable", "clone", "boot-only", "not-traceable", "absent", "present")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: Function-name prefixes -> the module that holds them, to explain an absence.
-_MODULE_PREFIXES = (("macvtap_", "macvtap"), ("macvlan_", "macvlan"), ("ipvtap_", "ipvtap"),
-                    ("ipvlan_", "ipvlan"), ("veth_", "veth"), ("tap_", "tap"))
 
 
 @dataclass
@@ -94,10 +92,6 @@ def compare_arguments(documented: list[str], params: list[str]) -> list[tuple[in
     return out
 
 
-def _owning_module(name: str) -> str | None:
-    return next((mod for prefix, mod in _MODULE_PREFIXES if name.startswith(prefix)), None)
-
-
 def lint(specs: list[Spec], plan: ProbePlan, traceable_known: bool, modules: dict[str, str] | None = None) -> dict:
     """Lint results for ``specs`` against the kernel described by ``plan``.
 
@@ -126,7 +120,7 @@ def lint(specs: list[Spec], plan: ProbePlan, traceable_known: bool, modules: dic
                     if e is None:
                         e = LintEntry(fn, lint_status(fp, traceable_known), fp.symbol, fp.module, fp.successor,
                                       fp.reason, list(fp.params))
-                        mod = _owning_module(fn)
+                        mod = module_of(fn)
                         if e.status == "absent" and mod and modules.get(mod, "").startswith("unavailable"):
                             e.reason += f" (module {mod} is not available on this kernel)"
                         entries[fn] = e

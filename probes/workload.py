@@ -894,7 +894,11 @@ class _LowerPeerWorkload(Workload):
         return ns
 
     def _configure_lower(self, run: _Run, ns: dict[str, str]) -> None:
-        run.configure(ns["lower"], "lower0")
+        # lower0 gets an address of its own: for macvlan, so that frames to the
+        # lower device itself exist (rx_handler returns RX_HANDLER_PASS); for
+        # ipvlan L3, because the slaves' outbound packets are routed in the
+        # lower device's namespace (oif lower0) and need a connected route
+        run.configure(ns["lower"], "lower0", self.subnet + "2", 24, self.subnet + "255")
 
     #: a tap flavour created (and removed) on lower0 after the traffic, to
     #: exercise its link-creation path (``macvtap``/``ipvtap``); "" for none
@@ -934,10 +938,6 @@ class MacvlanWorkload(_LowerPeerWorkload):
 
     def _upper_kwargs(self) -> dict:
         return {"macvlan_mode": "bridge"}
-
-    def _configure_lower(self, run: _Run, ns: dict[str, str]) -> None:
-        # an address of its own, so that frames to lower0 itself exist
-        run.configure(ns["lower"], "lower0", self.subnet + "2", 24, self.subnet + "255")
 
     def _body(self, run: _Run) -> None:
         net = self.subnet
@@ -997,12 +997,6 @@ class IpvlanWorkload(_LowerPeerWorkload):
 
     def _upper_kwargs(self) -> dict:
         return {"ipvlan_mode": self.IPVLAN_MODE_L3}
-
-    def _configure_lower(self, run: _Run, ns: dict[str, str]) -> None:
-        # In L3 mode the slaves' outbound packets are routed in the lower
-        # device's namespace (oif lower0): give it an address, hence a
-        # connected route 203.0.113.0/24 dev lower0, and ARP a sender IP.
-        run.configure(ns["lower"], "lower0", self.subnet + "2", 24, self.subnet + "255")
 
     def _body(self, run: _Run) -> None:
         net = self.subnet
