@@ -348,6 +348,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cmd:
         parser.print_help()
         return 2
+    # SIGTERM/SIGHUP end the run like Ctrl-C, so every cleanup path runs: the lab
+    # VM (vng and its QEMU) is killed, probes detached, namespaces removed
+    import signal
+
+    def _as_interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, _as_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _dispatch(args)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _dispatch(args) -> int:
     from .analysis.spec import SpecError
     from .analysis.trace import TraceError
 

@@ -51,3 +51,28 @@ def test_command_after_double_dash(monkeypatch):
     assert seen == {"specs": ["s1", "s2"], "out": "t.parquet", "command": ["./traffic.sh", "-n", "3"]}
     assert cli._traffic_kwargs(type("A", (), {"workload": None, "packets": 5, "duration": None, "until_interrupt": False,
                                               "command": ["x"], "ringbuf_pages": 64})())["command"] == ["x"]
+
+
+def test_sigterm_ends_a_command_like_ctrl_c(monkeypatch, capsys):
+    """SIGTERM must unwind through the cleanup paths (lab VM kill, probe detach), not kill outright."""
+    import os
+    import signal
+
+    from callpath import cli
+
+    cleaned = []
+
+    def fake_report(_args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0.5) if hasattr(signal, "sigtimedwait") else None
+            return 0
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(cli, "cmd_report", fake_report)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["report", "x.parquet"]) == 130
+    assert cleaned == [True]
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored

@@ -129,3 +129,21 @@ def test_section_numbered_twice_keeps_paths_apart():
         numbers = {s.number for s in p.steps}
         assert all(s.parent is None or s.parent in numbers for s in p.steps)
     assert any("numbered twice" in w for w in spec.warnings)
+
+
+def test_numbering_gaps_and_backwards_are_warnings_with_a_best_reading():
+    spec = parse_outline("1. a_fn()\n1.1 b_fn()\n1.3 c_fn()\n1.2 d_fn()\n", "n.txt")
+    (path,) = spec.paths
+    assert [s.number for s in path.steps] == ["1", "1.1", "1.3", "1.2"]  # document order kept
+    assert all(s.parent == "1" for s in path.steps[1:])
+    assert spec.warnings == ["n.txt:3: step 1.3 skips 1.2 (numbering has a gap)",
+                             "n.txt:4: step 1.2 comes after 1.3: numbering goes backwards; read in document order"]
+
+
+def test_hundred_thousand_line_document():
+    lines = ["1. root_fn(skb)"] + [f"1.{i} callee_{i}(skb, dev), if x " for i in range(1, 100_000)]
+    spec = parse_outline("\n".join(lines), "big.txt")
+    (path,) = spec.paths
+    assert len(path.steps) == 100_000 and not spec.warnings
+    assert path.steps[-1].number == "1.99999" and path.steps[-1].parent == "1"
+    assert path.steps[-1].line == 100_000
