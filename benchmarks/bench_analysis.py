@@ -14,7 +14,7 @@ from callpath.analysis.trace import read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 t0 = time.perf_counter()
-trace = read_trace(ROOT / "tests" / "fixtures" / "lab-6.1.0-56-amd64-all-workloads.parquet")
+trace = read_trace(ROOT / "tests" / "fixtures" / "lab-6.1.0-56-amd64-all-paths.parquet")
 t1 = time.perf_counter()
 forest = build_forest(trace.events)
 t2 = time.perf_counter()

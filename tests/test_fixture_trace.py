@@ -1,8 +1,11 @@
 """Analysis of a trace recorded from a real kernel: Debian 6.1.0-56-amd64 in the lab VM.
 
-Recorded with `callpath verify specs/ --packets 20` (all three built-in
-workloads: veth, macvlan + macvtap, ipvlan + ipvtap) under virtme-ng/QEMU TCG;
-the kernel release and the probe plan are in the file's metadata.
+Recorded with `callpath verify specs/ --packets 20` under virtme-ng/QEMU TCG:
+all three built-in workloads (veth with and without GRO/NAPI; macvlan with
+receive traffic + a macvtap link; ipvlan + an ipvtap link), the boot-time
+function_graph of net_dev_init, and kprobe events while macvtap loaded. The
+kernel release and the probe plan are in the file's metadata; the raw ftrace
+text behind the run-once evidence sits beside it.
 """
 
 import json
@@ -16,7 +19,8 @@ from callpath.analysis.readers import read_specs
 from callpath.analysis.trace import TraceError, read_trace, write_trace
 from callpath.cli import main
 
-FIXTURE = Path(__file__).parent / "fixtures" / "lab-6.1.0-56-amd64-all-workloads.parquet"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "lab-6.1.0-56-amd64-all-paths.parquet"
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
@@ -103,3 +107,56 @@ def test_trace_round_trip_and_errors(trace, tmp_path):
     with pytest.raises(TraceError, match="no such trace"):
         read_trace(tmp_path / "missing.parquet")
     assert main(["report", str(tmp_path / "missing.parquet")]) == 2
+
+
+def test_mechanisms_in_one_trace(trace):
+    counts = trace.events["mechanism"].value_counts().to_dict()
+    assert set(counts) == {"kprobe", "function_graph", "kprobe_events"}
+    assert trace.meta["boot_graph"]["calls"] > 1000
+    assert trace.meta["module_init"]["macvtap"]["events"] == 20
+
+
+def test_boot_and_module_init_paths(results):
+    _, r = results
+    boot = r[("net-dev-init-boot.txt", "1")]
+    assert boot["1"].verdict == "observed" and boot["1"].mechanism == "function_graph"
+    assert boot["1.5.1.2"].evidence == ["net_dev_init", "register_pernet_subsys", "register_pernet_operations", "ops_init"]
+    assert boot["1.2.2"].verdict == "absent" and "__class_register" in boot["1.2.2"].detail  # a macro over __class_register
+    assert boot["1"].returns == {}  # function_graph records no return values
+    init = r[("macvtap-init-newlink.txt", "1")]
+    assert init["1"].verdict == "observed" and init["1"].mechanism == "kprobe_events"
+    assert init["1.1.1"].evidence == ["macvtap_init", "tap_create_cdev", "alloc_chrdev_region"]
+    # macvlan's own module init registers a notifier too, before macvtap_init runs:
+    # only the call inside macvtap_init counts
+    assert init["1.3"].count == 1
+
+
+def test_receive_paths_on_6_1(results):
+    _, r = results
+    rx = r[("veth-macvlan-notes.md", "6")]
+    h = rx["6.1"]
+    assert h.returns["RX_HANDLER_ANOTHER"] >= 20 and h.returns["RX_HANDLER_PASS"] >= 20
+    napi = r[("veth-macvlan-notes.md", "3")]
+    assert napi["3"].verdict == "absent" and "__napi_poll" in napi["3"].detail  # napi_poll: not a symbol in 6.1
+    assert napi["3.1"].verdict == "observed" and napi["3.1.1.1"].verdict == "observed"
+    assert napi["3.1.1.1"].returns == {"GRO_HELD": 20}  # enum gro_result, named from BTF
+    assert napi["3.1.1.2"].verdict == "not-exercised"
+
+
+def test_documented_register_netdev_is_not_what_6_1_calls(results):
+    _, r = results
+    link = r[("macvtap-init-newlink.txt", "2")]
+    assert link["2.2.3.1"].verdict == "not-exercised"  # 6.1's macvlan_common_newlink calls register_netdevice
+    assert "never inside" in link["2.2.3.1"].detail
+
+
+def test_real_ftrace_text_fixtures():
+    from callpath.analysis.ftrace_text import parse_function_graph, parse_kprobe_events
+
+    rows, stats = parse_function_graph((FIXTURES / "boot-graph-net_dev_init-6.1.0-56-amd64.txt").read_text())
+    assert stats["unmatched_closes"] == 0 and "net_dev_init" in stats["functions"]
+    assert rows[0][-1] == "net_dev_init" and rows[0][2] == 0
+    text = (FIXTURES / "module-init-macvtap-6.1.0-56-amd64.txt").read_text()
+    events = {"cp_p0": ("macvtap_init", 0), "cp_r0": ("macvtap_init", 1)}
+    got = parse_kprobe_events(text, events)
+    assert [(g[-1], g[2], g[10]) for g in got] == [("macvtap_init", 0, 0), ("macvtap_init", 1, 0)]
