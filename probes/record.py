@@ -92,12 +92,9 @@ def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path,
     return out
 
 
-class _Terminated(Exception):
-    pass
-
-
 def _raise_terminated(signum, _frame):
-    raise _Terminated(f"signal {signum}")
+    # unwind like Ctrl-C: probes detach, workload namespaces go, modules unload
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def record(

@@ -36,9 +36,12 @@ class EventBuilder:
     def events(self) -> pd.DataFrame:
         return events_from_rows(self.rows, {v: k for k, v in self.ids.items()})
 
-    def plan(self, absent=(), not_traceable=(), skb=()):
-        """A plan dict (ProbePlan.to_dict()['functions'] shape) for every function used."""
+    def plan(self, absent=(), not_traceable=(), skb=(), probed=()):
+        """A plan dict (ProbePlan.to_dict()['functions'] shape) for every function used,
+        plus ``probed`` names that were probed but never called."""
         out = {}
+        for name in probed:
+            self._id(name)
         for name, i in self.ids.items():
             out[name] = {"status": "traceable", "symbol": name, "func_id": i, "skb_arg": 1 if name in skb else None,
                          "reason": "synthetic"}

@@ -59,12 +59,13 @@ def test_not_exercised_says_why():
     b = EventBuilder()
     b.call("macvlan_start_xmit", c("macvlan_hash_lookup"))
     b.call("dev_queue_xmit_accel")  # ran, but not from macvlan_start_xmit
-    v = verdicts(DOC, b, absent=["macvlan_queue_xmit", "netif_rx_ni"])
-    # never called at all: not in the plan as probed -> treat as probed-but-unseen
-    b.ids.setdefault("macvlan_broadcast", 99)
-    v = verdicts(DOC, b, absent=["macvlan_queue_xmit", "netif_rx_ni"])
+    # macvlan_broadcast: probed, never called
+    v = verdicts(DOC, b, absent=["macvlan_queue_xmit", "netif_rx_ni"], probed=["macvlan_broadcast"])
     assert v["3.1.5"].verdict == "not-exercised" and "never inside macvlan_start_xmit" in v["3.1.5"].detail
     assert v["3.1.1"].verdict == "not-exercised" and v["3.1.1"].detail == "never ran in this run"
+    # skb_clone is documented under macvlan_broadcast, which never ran
+    v = verdicts(DOC, b, absent=["macvlan_queue_xmit", "netif_rx_ni"], probed=["macvlan_broadcast", "skb_clone"])
+    assert v["3.1.1.1"].detail == "caller macvlan_broadcast never ran in this run"
 
 
 def test_out_of_order_siblings():
