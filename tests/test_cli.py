@@ -76,3 +76,23 @@ def test_sigterm_ends_a_command_like_ctrl_c(monkeypatch, capsys):
     assert cleaned == [True]
     assert "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before  # handler restored
+
+
+def test_readme_commands_block_matches_the_parser():
+    """Every flag the README's command summary shows exists (pwru's drifted --help block, avoided)."""
+    import re
+    from pathlib import Path
+
+    from callpath.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("```", 2)[1]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    known = {opt for p in sub.choices.values() for a in p._actions for opt in a.option_strings}
+    for line in block.splitlines():
+        m = re.match(r"\s*callpath (\w+)", line)
+        if m:
+            assert m.group(1) in sub.choices, m.group(1)
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", block))
+    assert flags and flags <= known, flags - known
