@@ -10,17 +10,29 @@ The grammar is the one the user's outline notes use (``../shared/seeds/README.md
   (``A: broadcast``) or a remark;
 * anything without a call at the top level (``skb->dev = ...``), a macro
   (``INIT_LIST_HEAD(...)``), a compiler builtin (``memcpy``) or a loop header
-  (``for_each_possible_cpu(i)``) is a statement: never probed.
+  (``for_each_possible_cpu(i)``) is a statement: never probed;
+* text that is not C before the first call (``<script>alert(1)``, ``foo-bar(x)``,
+  a non-ASCII name) makes the step a statement, and an arrow that leads to no
+  function (``c() -> -> ()``) ends the chain; both are reported in
+  ``ParsedText.problems`` so that readers warn instead of guessing silently.
+
+Parsing is linear in the length of the text.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_CALLEE_RE = re.compile(rf"({IDENT}(?:\s*(?:->|\.)\s*{IDENT})*)\s*$")
+_CALLEE_RE = re.compile(rf"({IDENT}(?:\s*(?:->|\.)\s*{IDENT})*)\s*$")  # what _callee_start matches
 _BRANCH_RE = re.compile(r"^([A-Z])\s*:\s*(.+)$")
+_WORD = frozenset(string.ascii_letters + string.digits + "_")
+#: What may stand before the first call of a step: a declaration, an
+#: assignment target (``type *x =``, ``x->f =``, ``&``), a cast. Anything else
+#: (``<``, ``-`` not in ``->``, quotes, non-ASCII) is not C the reader knows.
+_HEAD_RE = re.compile(r"^(?:[A-Za-z0-9_\s*&=.\[\]()!]|->)*$")
 
 #: Functions the compiler provides or that are never worth a probe.
 BUILTINS = frozenset(
@@ -56,6 +68,44 @@ class ParsedText:
     branch: str | None = None
     remark: str | None = None
     statement_kind: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _callee_start(text: str, end: int) -> int | None:
+    """Start of the callee name that ends just before ``text[end]`` (blanks allowed), or None.
+
+    The name is an identifier or a member chain (``ops->newlink``, ``a.b``);
+    the same match as ``(IDENT(\\s*(->|\\.)\\s*IDENT)*)\\s*$`` on ``text[:end]``,
+    scanned backwards in time linear in the name's length.
+    """
+    i = end
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    start = None
+    while True:
+        j = i
+        while j > 0 and text[j - 1] in _WORD:
+            j -= 1
+        k = j
+        while k < i and text[k].isdigit():  # an identifier does not start with a digit
+            k += 1
+        if k == i:
+            return start
+        start = k
+        if k != j:
+            return start
+        m = j
+        while m > 0 and text[m - 1].isspace():
+            m -= 1
+        if m >= 2 and text.startswith("->", m - 2):
+            m -= 2
+        elif m >= 1 and text[m - 1] == ".":
+            m -= 1
+        else:
+            return start
+        while m > 0 and text[m - 1].isspace():
+            m -= 1
+        i = m
 
 
 def _top_level_calls(text: str) -> list[tuple[int, int, int]]:
@@ -87,9 +137,9 @@ def _top_level_calls(text: str) -> list[tuple[int, int, int]]:
         out.append((start, len(text) - 1))
     result = []
     for open_i, close_i in out:
-        m = _CALLEE_RE.search(text[:open_i])
-        if m:
-            result.append((m.start(1), open_i, close_i))
+        name_start = _callee_start(text, open_i)
+        if name_start is not None:
+            result.append((name_start, open_i, close_i))
     return result
 
 
@@ -180,6 +230,18 @@ def parse_step_text(text: str) -> ParsedText:
     tail = body[last_close + 1 :]
 
     parsed = ParsedText(kind="call")
+    first = re.sub(r"\s+", "", body[first_start : chain_calls[0][1]])
+    if head and not _HEAD_RE.match(head):
+        parsed.kind, parsed.statement_kind = "statement", "text"
+        parsed.problems.append(f"{first}(...) follows text that is not C ({head[:40]!r}): not read as a call")
+        _split_tail(tail, parsed)
+        return parsed
+    if head.endswith("->"):
+        parsed.problems.append(f"'->' before {first}(...) follows no function: an empty element of the call chain")
+    last = re.sub(r"\s+", "", body[chain_calls[-1][0] : chain_calls[-1][1]])
+    if tail.lstrip().startswith("->"):
+        parsed.problems.append(f"'->' after {last}(...) leads to no function: the chain ends at {last}, "
+                               "the rest is kept as a remark")
     if head:
         if head.endswith("&"):  # &per_cpu(...): taking an address, not a call
             parsed.kind, parsed.statement_kind = "statement", "assignment"

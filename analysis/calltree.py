@@ -12,7 +12,18 @@ Imperfect input is expected and handled:
   ``complete=False``;
 * a return with no matching entry (the call began before probes attached) is
   counted in ``orphan_returns`` and otherwise ignored;
-* entries still open when the trace ends stay ``complete=False`` with no end.
+* entries still open when the trace ends stay ``complete=False`` with no end
+  (counted in ``open_at_end``);
+* a timestamp earlier than the previous event's of the same thread is a trace
+  defect (clock or merge error): counted in ``time_backwards`` with the first
+  example; a frame whose return is earlier than its entry gets no duration
+  (``NaN``), so no negative duration reaches latency tables or plots.
+
+Nesting rule (what the matcher in :mod:`analysis.conformance` relies on): a
+frame *proves* that a later entry of the same thread ran inside it only when
+the frame is ``complete`` (closed by its own return). Frames closed by an
+enclosing return (lost kretprobe) or still open at trace end
+(``complete=False``) say only that the function was entered.
 """
 
 from __future__ import annotations
@@ -40,16 +51,30 @@ class CallForest:
             frame's id or -1, ``duration_ns`` is ``end_ns - start_ns`` (NaN when
             incomplete), ``depth`` 0 for roots.
         orphan_returns: returns seen without an entry.
-        unterminated: frames closed without their own return event.
+        unterminated: frames without their own return event: closed by an
+            enclosing return (``lost_returns``) plus still open at trace end
+            (``open_at_end``).
+        lost_returns: frames closed by an enclosing frame's return (their own
+            return was lost: kretprobe ``maxactive`` exhausted, ring buffer full).
+        open_at_end: frames still open when the trace ended.
+        time_backwards: events whose timestamp is earlier than the previous
+            event of the same thread (a trace defect).
+        time_backwards_first: the first such event, ``{"thread", "function",
+            "seq", "ts_ns", "previous_ts_ns"}``, or None.
     """
 
     frames: pd.DataFrame
     orphan_returns: int = 0
     unterminated: int = 0
+    lost_returns: int = 0
+    open_at_end: int = 0
+    time_backwards: int = 0
+    time_backwards_first: dict | None = None
 
     def __post_init__(self):
         self._parents = self.frames["parent"].to_numpy() if len(self.frames) else np.empty(0, dtype=np.int64)
         self._funcs = self.frames["function"].to_numpy() if len(self.frames) else np.empty(0, dtype=object)
+        self._complete = self.frames["complete"].to_numpy(dtype=bool) if len(self.frames) else np.empty(0, dtype=bool)
 
     def ancestors(self, frame: int) -> list[int]:
         """Frame ids enclosing ``frame``, nearest first."""
@@ -62,6 +87,10 @@ class CallForest:
 
     def function_of(self, frame: int) -> str:
         return self._funcs[frame]
+
+    def is_complete(self, frame: int) -> bool:
+        """True when ``frame`` was closed by its own return (so it proves nesting)."""
+        return bool(self._complete[frame])
 
     def chain(self, frame: int) -> list[str]:
         """Function names from the outermost frame down to ``frame``."""
@@ -108,13 +137,25 @@ def build_forest(events: pd.DataFrame) -> CallForest:
     comms = ev["comm"].to_numpy()
     mechs = ev["mechanism"].to_numpy() if "mechanism" in ev else np.full(len(ev), "kprobe", dtype=object)
 
+    seqs = ev["seq"].to_numpy() if "seq" in ev else np.arange(len(ev))
+
     rows: list[list] = []
     stacks: dict[str, list[int]] = {}
+    last_ts: dict[str, int] = {}
     orphans = 0
-    unterminated = 0
+    lost = 0
+    backwards = 0
+    backwards_first = None
     for i in range(len(ev)):
         key = keys[i]
         stack = stacks.setdefault(key, [])
+        prev = last_ts.get(key)
+        if prev is not None and ts[i] < prev:
+            backwards += 1
+            if backwards_first is None:
+                backwards_first = {"thread": str(key), "function": str(funcs[i]), "seq": int(seqs[i]),
+                                   "ts_ns": int(ts[i]), "previous_ts_ns": int(prev)}
+        last_ts[key] = int(ts[i]) if prev is None else max(prev, int(ts[i]))
         if kinds[i] == ENTRY:
             parent = stack[-1] if stack else -1
             fid = len(rows)
@@ -127,12 +168,12 @@ def build_forest(events: pd.DataFrame) -> CallForest:
         if pos is None:
             orphans += 1
             continue
-        for fid in stack[pos + 1 :]:
-            unterminated += 1
+        lost += len(stack) - pos - 1
         fid = stack[pos]
         row = rows[fid]
         row[5] = ts[i]
-        row[6] = ts[i] - row[4]
+        # a return stamped before its entry (time ran backwards): no duration
+        row[6] = ts[i] - row[4] if ts[i] >= row[4] else None
         row[11] = int(ret[i])
         row[12] = True
         del stack[pos:]
@@ -141,7 +182,9 @@ def build_forest(events: pd.DataFrame) -> CallForest:
         frames["duration_ns"] = pd.to_numeric(frames["duration_ns"], errors="coerce")
         frames["end_ns"] = pd.to_numeric(frames["end_ns"], errors="coerce")
         frames["retval"] = pd.to_numeric(frames["retval"], errors="coerce")
-    return CallForest(frames=frames, orphan_returns=orphans, unterminated=unterminated)
+    open_at_end = sum(len(st) for st in stacks.values())
+    return CallForest(frames=frames, orphan_returns=orphans, unterminated=lost + open_at_end, lost_returns=lost,
+                      open_at_end=open_at_end, time_backwards=backwards, time_backwards_first=backwards_first)
 
 
 def render_tree(forest: CallForest, root: int, max_lines: int = 40) -> list[str]:

@@ -1,7 +1,9 @@
 """Kernel facts callpath knows by name: renamed or removed functions and their successors.
 
-Each entry cites where the change happened. Facts are only *suggestions*: a
-successor is reported only when the running kernel's kallsyms has it.
+Each entry cites where the change happened. Facts only *name* a candidate:
+``probes.successors.find_successor`` accepts it only when the target kernel's
+kallsyms has it and ftrace can attach to it, and the step's verdict then comes
+from the successor's recorded calls, never from this list.
 """
 
 from __future__ import annotations
@@ -21,35 +23,18 @@ RENAMED: dict[str, tuple[str, str]] = {
 
 
 def known_successor(name: str, symbols: dict[str, str] | set[str]) -> tuple[str, str] | None:
-    """A likely successor of a function missing from kallsyms.
+    """The cited rename of ``name`` when its successor exists in ``symbols``.
 
     Args:
         name: the documented function name.
         symbols: names present in the kernel (kallsyms text symbols).
 
     Returns:
-        ``(successor, explanation)`` when a known rename applies and the successor
-        exists in ``symbols``; else ``("__" + name, ...)`` or ``(name minus a leading
-        "__", ...)`` when exactly that variant exists; else None.
+        ``(successor, explanation with its source)`` or None. Name derivations
+        (``__name``) and the checks against BTF and traceability live in
+        ``probes.successors``.
     """
     if name in RENAMED and RENAMED[name][0] in symbols:
         return RENAMED[name]
-    for cand in (f"__{name}", name[2:] if name.startswith("__") else None):
-        if cand and cand in symbols:
-            return cand, f"renamed or split: {cand} exists"
     return None
 
-
-#: Function-name prefixes -> the module that holds them in distribution kernels
-#: (drivers/net/{macvtap,macvlan,ipvlan/ipvtap,ipvlan/ipvlan_main,veth,tap}.c).
-MODULE_PREFIXES = (("macvtap_", "macvtap"), ("macvlan_", "macvlan"), ("ipvtap_", "ipvtap"),
-                   ("ipvlan_", "ipvlan"), ("veth_", "veth"), ("tap_", "tap"))
-
-
-def module_of(function: str) -> str | None:
-    """The module that likely holds ``function``, by name prefix (None: unknown).
-
-    Used to name ``MODULE:function`` before a module is loaded and to explain
-    why a function is missing when its module is not available.
-    """
-    return next((mod for prefix, mod in MODULE_PREFIXES if function.startswith(prefix)), None)

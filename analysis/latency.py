@@ -19,19 +19,24 @@ STAT_COLUMNS = ["function", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "me
 def hot_path_functions(plan: dict[str, dict]) -> list[str]:
     """Probed functions that take an skb, in plan slot order."""
     hot = [(fp["func_id"], name) for name, fp in plan.items()
-           if fp.get("func_id") is not None and fp.get("skb_arg") and not fp.get("netlink")]
+           if fp.get("func_id") is not None and fp.get("skb_arg") and not fp.get("netlink")
+           and not fp.get("tracking")]
     return [name for _, name in sorted(hot)]
 
 
 def packet_samples(forest: CallForest, functions: list[str]) -> pd.DataFrame:
     """One row per packet-handling call: columns ``function``, ``duration_ns``, ``skb``, ``ifindex``, ``tid``.
 
-    Only complete frames (entry and return seen) with a non-zero skb count.
+    Only complete frames (entry and return seen) with a non-zero skb and a
+    known, non-negative duration count: a frame whose return is stamped before
+    its entry (a trace defect, counted by :func:`analysis.calltree.build_forest`)
+    has no duration and is left out.
     """
     fr = forest.frames
     if not len(fr):
         return pd.DataFrame(columns=["function", "duration_ns", "skb", "ifindex", "tid"])
-    sel = fr[fr["function"].isin(functions) & fr["complete"] & (fr["skb"] != 0)]
+    dur = pd.to_numeric(fr["duration_ns"], errors="coerce")
+    sel = fr[fr["function"].isin(functions) & fr["complete"].astype(bool) & (fr["skb"] != 0) & (dur >= 0)]
     return sel[["function", "duration_ns", "skb", "ifindex", "tid"]].reset_index(drop=True)
 
 

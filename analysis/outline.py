@@ -17,6 +17,19 @@ from .spec import Path, Spec, SpecError, Step
 
 _STEP_RE = re.compile(r"^(\d+(?:\.\d+)*)(\.?)\s+(\S.*)$")
 _RULE_RE = re.compile(r"^\s*[=\-]{3,}\s*$")
+#: Deepest step number read (``1.2.3`` has depth 3) and longest number part, in
+#: digits; deeper or longer numbers are kept as notes with a warning.
+MAX_DEPTH = 64
+MAX_PART_DIGITS = 9
+
+
+def _number_problem(number: str) -> str | None:
+    parts = number.split(".")
+    if len(parts) > MAX_DEPTH:
+        return f"has {len(parts)} levels (at most {MAX_DEPTH} are read)"
+    if any(len(x) > MAX_PART_DIGITS for x in parts):
+        return f"has a part longer than {MAX_PART_DIGITS} digits"
+    return None
 
 
 def looks_like_outline(text: str) -> bool:
@@ -59,6 +72,7 @@ def parse_outline(text: str, source: str) -> Spec:
     """
     spec = Spec(source=source, format="outline", title=FsPath(source).name)
     current: Path | None = None
+    by_number: dict[str, Path] = {}  # section number -> its first path (a dict keeps reading linear)
     numbers: dict[int, set[str]] = {}  # id(path) -> step numbers seen in it
     last_child: dict[tuple[int, str], int] = {}  # (id(path), parent) -> highest child index seen
     in_diagram = False
@@ -71,6 +85,10 @@ def parse_outline(text: str, source: str) -> Spec:
             continue
         # inside a diagram only an unindented number can start a new section
         m = _STEP_RE.match(stripped) if (line == stripped or not in_diagram) else None
+        bad_number = _number_problem(m.group(1)) if m else None
+        if bad_number:
+            spec.warnings.append(f"{source}:{lineno}: step number {m.group(1)[:24]}... {bad_number}; line kept as a note")
+            m = None
         if m:
             number, body = m.group(1), m.group(3)
             top = number.split(".")[0]
@@ -90,10 +108,11 @@ def parse_outline(text: str, source: str) -> Spec:
             last_number = key
             parsed = parse_step_text(body)
             if "." not in number:
-                if any(p.number == top for p in spec.paths):
+                if top in by_number:
                     spec.warnings.append(f"{source}:{lineno}: section {top} is numbered twice; read as a new path")
                 current = Path(number=number, name=body.strip(), source=f"{source}:{lineno}")
                 spec.paths.append(current)
+                by_number.setdefault(top, current)
                 numbers[id(current)] = {number}
                 parent = None
             else:
@@ -101,10 +120,11 @@ def parse_outline(text: str, source: str) -> Spec:
                     spec.warnings.append(
                         f"{source}:{lineno}: step {number} appears outside section {top}; read as part of it"
                     )
-                    current = next((p for p in spec.paths if p.number == top), None)
+                    current = by_number.get(top)
                     if current is None:
                         current = Path(number=top, name=f"section {top}", source=f"{source}:{lineno}")
                         spec.paths.append(current)
+                        by_number[top] = current
                         numbers[id(current)] = set()
                 known = numbers[id(current)]
                 if number in known:
@@ -142,6 +162,9 @@ def parse_outline(text: str, source: str) -> Spec:
                 statement_kind=parsed.statement_kind,
                 line=lineno,
             )
+            for problem in parsed.problems:
+                spec.warnings.append(f"{source}:{lineno}: step {number}: {problem}")
+                step.notes.append(f"not a call: {problem}")
             current.steps.append(step)
             last_step = step
             continue

@@ -94,10 +94,36 @@ def dumps(spec: Spec) -> str:
 
 
 def _line_of(text: str, needle: str) -> int:
-    for i, line in enumerate(text.splitlines(), start=1):
-        if needle in line:
-            return i
-    return 1
+    """First line holding ``needle`` (1 when none). Linear; used once per error."""
+    at = text.find(needle) if needle else -1
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
+
+
+_TABLE_RE = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\s]+?)\s*\]\]")
+_ID_RE = re.compile(r"^\s*id\s*=")
+
+
+def _path_lines(text: str, count: int) -> list[int] | None:
+    """The line of each ``[[path]]`` table's ``id`` key (else of its header), in one pass.
+
+    Returns ``None`` when the text does not hold exactly ``count`` ``[[path]]``
+    headers (paths written as inline tables); the caller then searches per path.
+    """
+    lines: list[int] = []
+    in_path = False
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        m = _TABLE_RE.match(line) if "[" in line else None
+        if m:
+            in_path = re.sub(r"\s+", "", m.group(1)) == "path"
+            if in_path:
+                lines.append(lineno)
+            continue
+        if line.lstrip().startswith("["):
+            in_path = False
+        elif in_path and _ID_RE.match(line):
+            lines[-1] = lineno
+            in_path = False
+    return lines if len(lines) == count else None
 
 
 def _check_callers(pd: dict, source: str, text: str) -> None:
@@ -111,14 +137,17 @@ def _check_callers(pd: dict, source: str, text: str) -> None:
     for sid, c in caller.items():
         if c is not None and c not in caller:
             raise SpecError(source, _line_of(text, f'caller = "{c}"'), f"path {pd['id']}: step {sid} names caller {c!r}, which is not a step of the path")
+    reaches_root: set[str] = set()  # steps whose caller chain is known to end: linear overall
     for sid in caller:
-        chain, cur = [sid], caller[sid]
-        while cur is not None:
-            if cur in chain:
+        chain, on_chain, cur = [sid], {sid}, caller[sid]
+        while cur is not None and cur not in reaches_root:
+            if cur in on_chain:
                 loop = " -> ".join(chain[chain.index(cur):] + [cur])
                 raise SpecError(source, _line_of(text, f'id = "{cur}"'), f"path {pd['id']}: callers form a cycle: {loop}")
             chain.append(cur)
+            on_chain.add(cur)
             cur = caller[cur]
+        reaches_root.update(chain)
     roots = [sid for sid, c in caller.items() if c is None]
     if len(roots) != 1:
         raise SpecError(source, _line_of(text, f'id = "{pd["id"]}"'),
@@ -140,9 +169,14 @@ def from_document(doc: dict, source: str, text: str = "") -> Spec:
         raise SpecError(source, _line_of(text, needle) if needle else 1, f"{where}: {e.message}")
     spec = Spec(source=source, format=doc.get("format", "callpath"), title=doc.get("title", FsPath(source).name),
                 notes=list(doc.get("notes", [])))
-    for pd in doc["path"]:
+    id_lines = _path_lines(text, len(doc["path"]))
+    for i, pd in enumerate(doc["path"]):
         _check_callers(pd, source, text)
-        path = Path(number=pd["id"], name=pd["name"], source=pd.get("source", f"{source}:{_line_of(text, 'id = ' + json.dumps(pd['id']))}"),
+        if "source" in pd:
+            where = pd["source"]
+        else:
+            where = f"{source}:{id_lines[i] if id_lines else _line_of(text, 'id = ' + json.dumps(pd['id']))}"
+        path = Path(number=pd["id"], name=pd["name"], source=where,
                     trigger=pd.get("trigger"), notes=list(pd.get("notes", [])), workloads=list(pd.get("workload", [])))
         for sd in pd["step"]:
             calls = list(sd.get("calls", []))

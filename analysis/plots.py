@@ -67,3 +67,71 @@ def write_histograms(samples: pd.DataFrame, stats: pd.DataFrame, out_dir: str | 
         fig.savefig(out_dir / name)
         written[fn] = name
     return written
+
+
+def plot_path_latency(ax, latency_ns: np.ndarray, title: str, stats: dict | None = None):
+    """Histogram of whole-path latency (first documented step to last, ns) on ``ax``.
+
+    Log-spaced bins and a log x axis when max/min exceeds 20 (a wide spread),
+    linear otherwise. ``stats``: the path's ``packets`` block, to mark p50/p99.
+    Returns the Axes' figure.
+    """
+    d = np.asarray(latency_ns, dtype=float)
+    d = d[d > 0]
+    if len(d):
+        lo, hi = max(d.min(), 1.0), max(d.max(), 2.0)
+        wide = hi / lo > 20
+        bins = np.logspace(np.log10(lo), np.log10(hi * 1.01), 40) if wide else 30
+        ax.hist(d, bins=bins, color="#55a868", edgecolor="white", linewidth=0.3)
+        if wide:
+            ax.set_xscale("log")
+    for key, style in (("p50_ns", "--"), ("p99_ns", ":")):
+        v = (stats or {}).get(key)
+        if v:
+            ax.axvline(v, color="#c44e52", linestyle=style, label=f"{key[:3]} {v:,.0f} ns")
+    if stats and (stats.get("p50_ns") or stats.get("p99_ns")):
+        ax.legend(fontsize=8)
+    ax.set_title(f"{title}: per-packet path latency (n={len(d)})", fontsize=10)
+    ax.set_xlabel("first documented step to last (ns)")
+    ax.set_ylabel("packets")
+    return ax.figure
+
+
+def plot_hop_breakdown(ax, hops: list[dict], title: str):
+    """Horizontal bars per hop (from -> to): p50 bar with a p99 whisker, ns, log x
+    when the hops differ by more than 20x. ``hops``: the ``packets.hops`` rows.
+    Returns the Axes' figure."""
+    labels = [f"{h['from']} → {h['to']} (n={h['count']})" for h in hops]
+    p50 = np.array([h["p50_ns"] for h in hops], dtype=float)
+    p99 = np.array([h["p99_ns"] for h in hops], dtype=float)
+    y = np.arange(len(hops))[::-1]
+    if len(hops):
+        ax.barh(y, p50, color="#4878a8", label="p50")
+        ax.errorbar(p50, y, xerr=[np.zeros_like(p50), np.maximum(p99 - p50, 0)], fmt="none", ecolor="#c44e52",
+                    capsize=3, label="to p99")
+        ax.set_yticks(y, labels, fontsize=7)
+        pos = np.concatenate([p50[p50 > 0], p99[p99 > 0]])
+        if len(pos) and pos.max() / max(pos.min(), 1.0) > 20:
+            ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    ax.set_title(f"{title}: hop latency (entry to entry)", fontsize=10)
+    ax.set_xlabel("ns")
+    return ax.figure
+
+
+def write_path_plots(key: str, title: str, latency_ns: np.ndarray, stats: dict, out_dir: str | Path) -> dict[str, str]:
+    """Write ``path-<key>-latency.png`` and ``path-<key>-hops.png``; return
+    ``{"latency": name, "hops": name}`` (names relative to ``out_dir``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {}
+    fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    plot_path_latency(fig.add_subplot(), latency_ns, title, stats)
+    names["latency"] = f"path-{safe_name(key)}-latency.png"
+    fig.savefig(out_dir / names["latency"])
+    if stats.get("hops"):
+        fig = Figure(figsize=(7.2, 1.2 + 0.35 * len(stats["hops"])), dpi=100, layout="constrained")
+        plot_hop_breakdown(fig.add_subplot(), stats["hops"], title)
+        names["hops"] = f"path-{safe_name(key)}-hops.png"
+        fig.savefig(out_dir / names["hops"])
+    return names

@@ -15,6 +15,8 @@ names are written in backticks. The relations read are:
 * ```ip link add ...` `` -> the command that triggers the path;
 * ```NAME` is returned`` -> an expected return value kept on the enclosing step;
 * any other text -> a note, never an error.
+
+Reading is linear in the document's size and takes any bullet depth (no recursion).
 """
 
 from __future__ import annotations
@@ -45,23 +47,30 @@ class _Bullet:
     text: str
     line: int
     children: list["_Bullet"] = field(default_factory=list)
+    more: list[str] = field(default_factory=list)  # continuation lines, joined at the end
 
 
 def _bullets(lines: list[tuple[int, str]]) -> list[_Bullet]:
     """Build the bullet tree; continuation lines are joined to their bullet."""
     roots: list[_Bullet] = []
     stack: list[_Bullet] = []
+    every: list[_Bullet] = []
     for lineno, line in lines:
         m = _BULLET_RE.match(line)
         if not m:
             if stack and line.strip():
-                stack[-1].text += " " + line.strip()
+                stack[-1].more.append(line.strip())
             continue
         b = _Bullet(indent=len(m.group(1).expandtabs(4)), text=m.group(2).strip(), line=lineno)
+        every.append(b)
         while stack and stack[-1].indent >= b.indent:
             stack.pop()
         (stack[-1].children if stack else roots).append(b)
         stack.append(b)
+    for b in every:
+        if b.more:
+            b.text = " ".join([b.text, *b.more])
+            b.more = []
     return roots
 
 
@@ -70,6 +79,8 @@ class _PathBuilder:
         self.path = path
         self.source = source
         self.counts: dict[str | None, int] = {}
+        self.by_number: dict[str, Step] = {}
+        self.first_call: dict[tuple[str | None, str], Step] = {}  # (parent, function) -> first such step
 
     def add(self, parent: str | None, function: str | None, text: str, line: int, **kw) -> Step:
         if parent is None:
@@ -88,11 +99,23 @@ class _PathBuilder:
             **kw,
         )
         self.path.steps.append(step)
+        self.by_number[number] = step
+        if function:
+            self.first_call.setdefault((parent, function), step)
         return step
 
 
 def _read_bullet(b: _Bullet, builder: _PathBuilder, parent: str | None, spec: Spec) -> None:
-    """Turn one bullet (and its children) into steps under ``parent``."""
+    """Turn one bullet and its children, depth first, into steps under ``parent``."""
+    todo = [(b, parent)]
+    while todo:
+        bullet, under = todo.pop()
+        anchor = _read_one(bullet, builder, under)
+        todo.extend((child, anchor) for child in reversed(bullet.children))
+
+
+def _read_one(b: _Bullet, builder: _PathBuilder, parent: str | None) -> str | None:
+    """Turn one bullet into steps under ``parent``; returns the step its children go under."""
     text = b.text
     ticks = _TICK_RE.findall(text)
     funcs = [t for t in ticks if _is_function(t)]
@@ -147,16 +170,16 @@ def _read_bullet(b: _Bullet, builder: _PathBuilder, parent: str | None, spec: Sp
     elif funcs and re.search(r"\bcalls?\s+`|`\s+is called to\b", text):
         m = re.search(r"\bcalls?\s+`([^`]+)`", text) or re.search(r"`([^`]+)`\s+is called to\b", text)
         name = m.group(1) if m and _is_function(m.group(1)) else funcs[0]
-        same = [s for s in builder.path.steps if s.parent == parent and s.function == name]
-        if same:  # a restatement of a relation already read: keep the text only
-            same[0].notes.append(text)
-            anchor = same[0].number
+        same = builder.first_call.get((parent, name))
+        if same is not None:  # a restatement of a relation already read: keep the text only
+            same.notes.append(text)
+            anchor = same.number
         else:
             step = builder.add(parent, name, text, b.line, condition=condition)
             anchor = step.number
     elif re.search(r"`([A-Z][A-Z0-9_]+)`\s+is\s+returned", text):
         ret = re.search(r"`([A-Z][A-Z0-9_]+)`\s+is\s+returned", text).group(1)
-        target = builder.path.step(parent) if parent else None
+        target = builder.by_number.get(parent) if parent else None
         if target is not None:
             target.expected_returns.append(ret)
             target.notes.append(text)
@@ -164,11 +187,10 @@ def _read_bullet(b: _Bullet, builder: _PathBuilder, parent: str | None, spec: Sp
             builder.path.notes.append(text)
     else:
         if parent is not None:
-            builder.path.step(parent).notes.append(text)
+            builder.by_number[parent].notes.append(text)
         else:
             builder.path.notes.append(text)
-    for child in b.children:
-        _read_bullet(child, builder, anchor, spec)
+    return anchor
 
 
 def parse_prose(text: str, source: str) -> Spec:

@@ -5,6 +5,9 @@
     {
       "kernel": "6.1.0-56-amd64", "mechanism": "kprobe", "where": "lab VM ...",
       "events": 12345, "lost": 0, "orphan_returns": 0, "unterminated": 0,
+      "lost_returns": 0, "open_at_end": 0,
+      "time_backwards": {"count": 0, "first": null},   # a trace defect when count > 0
+      "not_recorded": [],   # documented functions this trace did not probe
       "workloads": [...], "plan": {name: {status, symbol, ...}},
       "paths": [{"name", "source", "spec", "number", "trigger",
                  "summary": {"observed", "checkable", "verdicts": {...}},
@@ -21,10 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from .calltree import build_forest
-from .conformance import VERDICTS, PathResult, check_specs
+from .conformance import VERDICTS, PathResult, check_specs, unrecorded_functions
 from .latency import hot_path_functions, latency_stats, packet_samples
-from .plots import write_histograms
+from .html_report import write_html
+from .journeys import report_blocks
+from .packets import assign_packets
+from .plots import write_histograms, write_path_plots
 from .spec import Spec
+from .textsafe import md_code, md_markup, md_text, terminal
 from .trace import Trace
 
 
@@ -41,11 +48,17 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
     samples = packet_samples(forest, hot_path_functions(plan))
     stats = latency_stats(samples)
     plots = write_histograms(samples, stats, out_dir) if out_dir is not None and len(stats) else {}
+    packets = assign_packets(forest, plan)
+    blocks = report_blocks(specs, forest, plan, packets, failed)
     paths = []
     for spec, path_results in results:
         for pr in path_results:
             d = pr.to_dict()
             d["spec"] = spec.source
+            pj, d["packets"] = blocks[len(paths)]
+            if out_dir is not None and d["packets"]["count"]:
+                d["packets"]["plots"] = write_path_plots(str(len(paths)), f"{pr.number}. {pr.name[:40]}",
+                                                         pj.complete()["latency_ns"].to_numpy(), d["packets"], out_dir)
             paths.append(d)
     latency = []
     for row in stats.to_dict("records"):
@@ -61,12 +74,19 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
         "lost": int(trace.meta.get("lost", 0)),
         "orphan_returns": forest.orphan_returns,
         "unterminated": forest.unterminated,
+        "lost_returns": forest.lost_returns,
+        "open_at_end": forest.open_at_end,
+        "time_backwards": {"count": forest.time_backwards, "first": forest.time_backwards_first},
+        "not_recorded": unrecorded_functions(specs, plan, failed),
         "workloads": trace.meta.get("workloads", []),
         "attach_failed": failed,
         "specs": [{"source": s.source, "format": s.format, "warnings": s.warnings} for s in specs],
         "plan": plan,
+        "fields": trace.meta.get("plan", {}).get("fields", {}),
         "paths": paths,
         "latency": latency,
+        "packet_identity": {"mode": packets.mode, "how": packets.describe(), "lifetimes": int(len(packets.lifetimes)),
+                            "free_events": packets.free_events, "fork_events": packets.fork_events},
         "verdict_vocabulary": list(VERDICTS),
     }
 
@@ -76,18 +96,13 @@ def summary_lines(report: dict) -> list[str]:
     out = []
     for p in report["paths"]:
         s = p["summary"]
-        out.append(f"{s['observed']:>3}/{s['checkable']:<3} {p['name'][:60]:<60} {p['source']}")
+        out.append(terminal(f"{s['observed']:>3}/{s['checkable']:<3} {p['name'][:60]:<60} {p['source']}"))
     return out
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_code(text: str) -> str:
-    """Inline code that survives backticks inside the text (prose documents have them)."""
-    text = _md_escape(text)
-    return f"`` {text} ``" if "`" in text else f"`{text}`"
+# document and kernel text is escaped wherever it is rendered (analysis/textsafe.py)
+_md_escape = md_text
+_md_code = md_code
 
 
 def render_markdown(report: dict) -> str:
@@ -95,66 +110,115 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# callpath path-conformance report",
         "",
-        f"- kernel: `{report['kernel']}` ({report['where'] or 'running kernel'}), probes: {report['mechanism']}",
+        f"- kernel: {_md_code(report['kernel'])} ({_md_escape(report['where'] or 'running kernel')}), "
+        f"probes: {_md_escape(report['mechanism'])}",
         f"- events: {report['events']}, lost (ring buffer full): {report['lost']}, "
-        f"returns without entry: {report['orphan_returns']}, calls without return: {report['unterminated']}",
+        f"returns without entry: {report['orphan_returns']}, calls without return: {report['unterminated']}"
+        + (f" ({report.get('lost_returns', 0)} closed by an enclosing return, {report.get('open_at_end', 0)} still open "
+           "at trace end; they prove no nesting)" if report["unterminated"] else ""),
     ]
+    back = report.get("time_backwards") or {}
+    if back.get("count"):
+        f = back["first"]
+        lines.append(f"- **trace defect**: {back['count']} timestamps go backwards within a thread (first: "
+                     f"{_md_code(f['function'])} seq {f['seq']} on thread {f['thread']}, {f['ts_ns']} ns after "
+                     f"{f['previous_ts_ns']} ns); their durations are left out")
+    if report.get("not_recorded"):
+        lines.append("- documented functions not recorded in this trace (verdict `not-recorded`): "
+                     + ", ".join(_md_code(n) for n in report["not_recorded"]))
     for w in report["workloads"]:
         sent = ", ".join(f"{k}: {v}" for k, v in (w.get("sent") or {}).items())
-        lines.append(f"- workload `{w.get('name')}`: {w.get('description', '')}" + (f" (sent {sent})" if sent else ""))
+        lines.append(f"- workload {_md_code(w.get('name'))}: {_md_escape(w.get('description', ''))}"
+                     + (f" (sent {_md_escape(sent)})" if sent else ""))
     if report["attach_failed"]:
-        lines.append("- probes that failed to attach: " + ", ".join(f"`{k}` ({v})" for k, v in report["attach_failed"].items()))
-    lines += ["", "## Summary", "", "| path | source | observed / checkable | out of order | not exercised | absent | not traceable | not a call |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append("- probes that failed to attach: "
+                     + ", ".join(f"{_md_code(k)} ({_md_escape(v)})" for k, v in report["attach_failed"].items()))
+    lines += ["", "## Summary", "", "| path | source | observed / checkable | out of order | via successor | not exercised "
+              "| not recorded | absent | not traceable | not a call |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in report["paths"]:
         v = p["summary"]["verdicts"]
         lines.append(
-            f"| {_md_escape(p['name'])} | `{p['source']}` | {p['summary']['observed']} / {p['summary']['checkable']} | "
-            f"{v['observed-out-of-order']} | {v['not-exercised']} | {v['absent']} | {v['not-traceable']} | {v['not-a-call']} |"
+            f"| {_md_escape(p['name'])} | {_md_code(p['source'])} | {p['summary']['observed']} / {p['summary']['checkable']} | "
+            f"{v['observed-out-of-order']} | {v.get('successor-observed', 0)} | {v['not-exercised']} | "
+            f"{v.get('not-recorded', 0)} | {v['absent']} | {v['not-traceable']} | {v['not-a-call']} |"
         )
     for p in report["paths"]:
-        lines += ["", f"## {p['number']}. {_md_escape(p['name'])}", "", f"Source: `{p['source']}`"
-                  + (f"; triggered by `{p['trigger']}`" if p.get("trigger") else ""), "",
+        lines += ["", f"## {_md_escape(p['number'])}. {_md_escape(p['name'])}", "", f"Source: {_md_code(p['source'])}"
+                  + (f"; triggered by {_md_code(p['trigger'])}" if p.get("trigger") else ""), "",
                   "| step | documented | verdict | count | evidence / detail |", "|---|---|---|---|---|"]
         for s in p["steps"]:
             ev = " > ".join(s["evidence"]) if s["evidence"] else ""
             extra = []
-            if s.get("symbol") and s["symbol"] != s["function"]:
-                extra.append(f"probed as `{s['symbol']}`")
-            if s.get("returns") and s["verdict"].startswith("observed"):
-                extra.append("returns " + ", ".join(f"{k}×{v}" for k, v in list(s["returns"].items())[:4]))
+            if s.get("symbol") and s["symbol"] not in (s["function"], s.get("successor")):
+                extra.append(f"probed as {_md_code(s['symbol'])}")
+            if s.get("returns") and "observed" in s["verdict"]:
+                extra.append("returns " + ", ".join(f"{_md_escape(k)}×{v}" for k, v in list(s["returns"].items())[:4]))
             if s.get("mechanism") and s["mechanism"] != "kprobe":
-                extra.append(f"evidence from {s['mechanism']}")
+                extra.append(f"evidence from {_md_escape(s['mechanism'])}")
             if s.get("detail_returns"):
-                extra.append(s["detail_returns"])
+                extra.append(md_markup(s["detail_returns"]))
             if s.get("mean_ns"):
                 extra.append(f"mean {s['mean_ns']:,.0f} ns")
-            detail = "; ".join(x for x in [f"`{ev}`" if ev else "", s["detail"], *extra] if x)
+            detail = "; ".join(x for x in [_md_code(ev) if ev else "", md_markup(s["detail"] or ""), *extra] if x)
             label = " ".join(x for x in [s.get("branch") or "", s.get("condition") or ""] if x and x not in s["text"])
-            lines.append(f"| {s['number']} | {_md_code(s['text'])}{(' — ' + _md_escape(label)) if label else ''} | "
-                         f"**{s['verdict']}** | {s['count']} | {_md_escape(detail)} |")
+            lines.append(f"| {_md_escape(s['number'])} | {_md_code(s['text'])}{(' — ' + _md_escape(label)) if label else ''} | "
+                         f"**{_md_escape(s['verdict'])}** | {s['count']} | {detail} |")
+    lines += _packets_markdown(report)
     lines += ["", "## Per-packet latency (entry to return)", ""]
     if report["latency"]:
         lines += ["| function | calls | p50 ns | p90 ns | p99 ns | max ns | histogram |", "|---|---|---|---|---|---|---|"]
         for r in report["latency"]:
-            plot = f"![{r['function']}]({r['plot']})" if r.get("plot") else ""
-            lines.append(f"| `{r['function']}` | {r['count']} | {r['p50_ns']:,.0f} | {r['p90_ns']:,.0f} | "
+            plot = f"![{_md_escape(r['function'])}]({r['plot']})" if r.get("plot") else ""
+            lines.append(f"| {_md_code(r['function'])} | {r['count']} | {r['p50_ns']:,.0f} | {r['p90_ns']:,.0f} | "
                          f"{r['p99_ns']:,.0f} | {r['max_ns']:,.0f} | {plot} |")
     else:
         lines.append("No packet-handling function completed a call in this trace.")
     lines += ["", "## Probe plan", "", "| function | status | symbol | module | skb arg | reason |", "|---|---|---|---|---|---|"]
     for name, fp in report["plan"].items():
-        lines.append(f"| `{name}` | {fp['status']} | {fp.get('symbol') or ''} | {fp.get('module') or ''} | "
-                     f"{fp.get('skb_arg') or ''} | {_md_escape(fp.get('reason', ''))} |")
+        lines.append(f"| {_md_code(name)} | {_md_escape(fp['status'])} | {_md_escape(fp.get('symbol') or '')} | "
+                     f"{_md_escape(fp.get('module') or '')} | {_md_escape(fp.get('skb_arg') or '')} | "
+                     f"{_md_escape(fp.get('reason', ''))} |")
     lines += ["", "Verdicts: " + ", ".join(f"`{v}`" for v in VERDICTS) + ".", ""]
     return "\n".join(lines)
 
 
+def _packets_markdown(report: dict) -> list[str]:
+    """The per-path packet journey tables (``packets`` blocks)."""
+    pi = report.get("packet_identity") or {}
+    lines = ["", "## Packets along each path (first documented step to last)", "", f"Identity: {_md_escape(pi.get('how', ''))}.", "",
+             "| path | followed end to end | partial | entry only | p50 ns | p90 ns | p99 ns | max ns | went on to |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "" if v is None else f"{v:,.0f}"  # noqa: E731
+    names = [f"{p['number']}. {p['name'][:40]}" for p in report["paths"]]
+    for p, name in zip(report["paths"], names):
+        b = p.get("packets") or {}
+        if not (b.get("count") or b.get("partial")):
+            continue
+        nxt = ", ".join(f"{_md_escape(names[h['to']])} ({h['count']}, p50 {h['p50_ns']:,.0f} ns)" for h in b.get("next", []))
+        lines.append(f"| {_md_escape(name)} | {b['count']} | {b['partial']} | {b['entry_only']} | {fmt(b['p50_ns'])} | "
+                     f"{fmt(b['p90_ns'])} | {fmt(b['p99_ns'])} | {fmt(b['max_ns'])} | {nxt} |")
+    for p, name in zip(report["paths"], names):
+        b = p.get("packets") or {}
+        if not b.get("hops") and not b.get("partial_reasons"):
+            continue
+        lines += ["", f"### {_md_escape(name)}: hops", ""]
+        for why, n in (b.get("partial_reasons") or {}).items():
+            lines.append(f"- partial: {n} packets, {_md_escape(why)}")
+        if b.get("hops"):
+            lines += ["", "| from | to | count | p50 ns | p99 ns |", "|---|---|---|---|---|"]
+            lines += [f"| {_md_code(h['from'])} | {_md_code(h['to'])} | {h['count']} | {h['p50_ns']:,.0f} | {h['p99_ns']:,.0f} |"
+                      for h in b["hops"]]
+        for kind, name_ in (b.get("plots") or {}).items():
+            lines.append(f"\n![{kind}]({name_})")
+    return lines
+
+
 def write_report(trace: Trace, specs: list[Spec], out_dir: str | Path) -> dict:
-    """Write ``report.json``, ``report.md`` and ``latency-*.png`` into ``out_dir``; return the report dict."""
+    """Write ``report.json``, ``report.md``, ``report.html`` and the PNGs into ``out_dir``; return the report dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(trace, specs, out_dir)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
+    write_html(report, out_dir)
     return report

@@ -13,7 +13,10 @@ Metadata keys: ``kernel`` (release), ``mechanism``, ``plan`` (probe plan dict),
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,26 +133,97 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
 
 
 def read_trace(path: str | Path) -> Trace:
-    """Read a trace written by :func:`write_trace`.
+    """Read a trace written by :func:`write_trace` (a trace file or a folder holding ``trace.parquet``).
 
     Raises:
-        TraceError: the file does not exist, is not Parquet, or lacks callpath metadata.
+        TraceError: the file does not exist, is not a regular file, is not Parquet,
+            lacks callpath metadata, its metadata fails :func:`check_meta`, or its
+            columns have the wrong types.
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "trace.parquet"
-    if not path.exists():
-        raise TraceError(f"{path}: no such trace file")
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            path = path / "trace.parquet"
+            mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such trace file") from None
+    except OSError as err:
+        why = "symlink loop" if err.errno == errno.ELOOP else err.strerror
+        raise TraceError(f"{path}: cannot read the trace: {why}") from None
+    if not stat.S_ISREG(mode):
+        raise TraceError(f"{path}: not a regular file (a trace is a Parquet file)")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise TraceError(f"{path}: not a Parquet trace ({err})") from None
+    except (pa.ArrowException, OSError) as err:
+        raise TraceError(f"{path}: not a Parquet trace ({str(err).splitlines()[0] if str(err) else err!r})") from None
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceError(f"{path}: Parquet file without callpath metadata (not written by callpath)")
+    meta = check_meta(raw, str(path))
     if "mechanism" not in table.column_names:  # traces written before the column existed
         table = table.append_column("mechanism", pa.array(["kprobe"] * table.num_rows, pa.string()))
     missing = [n for n in SCHEMA.names if n not in table.column_names]
     if missing:
         raise TraceError(f"{path}: trace lacks columns {', '.join(missing)}")
-    return Trace(events=table.select(SCHEMA.names).to_pandas(), meta=json.loads(raw))
+    try:
+        events = table.select(SCHEMA.names).cast(SCHEMA).to_pandas()
+    except (pa.ArrowException, ValueError) as err:
+        raise TraceError(f"{path}: columns of the wrong type ({str(err).splitlines()[0]})") from None
+    return Trace(events=events, meta=meta)
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else {dict: "object", list: "array", str: "string", bool: "boolean",
+                                         int: "integer", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+#: Metadata keys callpath reads, with a test and what the test wants.
+_META_FIELDS = {
+    "kernel": (lambda v: isinstance(v, str), "a string"),
+    "mechanism": (lambda v: isinstance(v, str), "a string"),
+    "where": (lambda v: isinstance(v, str), "a string"),
+    "host": (lambda v: isinstance(v, str), "a string"),
+    "started": (lambda v: isinstance(v, str), "a string"),
+    "ended": (lambda v: isinstance(v, str), "a string"),
+    "events": (_is_count, "a count (integer >= 0)"),
+    "lost": (_is_count, "a count (integer >= 0)"),
+    "specs": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "an array of file names"),
+    "workloads": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "an array of objects"),
+    "attach_failed": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                      "an object of strings"),
+    "plan": (lambda v: isinstance(v, dict) and isinstance(v.get("functions", {}), dict)
+             and all(isinstance(fp, dict) and isinstance(fp.get("status", ""), str) for fp in v.get("functions", {}).values()),
+             "an object whose 'functions' maps names to objects"),
+    "lab": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+}
+
+
+def check_meta(raw: bytes | str, source: str) -> dict:
+    """Parse and check a trace's metadata record before anything is computed or written from it.
+
+    Args:
+        raw: the JSON text stored under :data:`META_KEY`.
+        source: the trace's name for messages.
+
+    Returns:
+        The metadata dict (keys in the module docstring; unknown keys are kept).
+
+    Raises:
+        TraceError: ``source: ...`` naming the field when the record is not JSON,
+            not an object, or a field callpath reads has the wrong type.
+    """
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise TraceError(f"{source}: callpath metadata is not JSON ({type(err).__name__})") from None
+    if not isinstance(meta, dict):
+        raise TraceError(f"{source}: callpath metadata is {_type_name(meta)}, not a JSON object")
+    for key, (ok, want) in _META_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise TraceError(f"{source}: metadata field {key!r} should be {want}, found {_type_name(meta[key])}")
+    return meta

@@ -22,14 +22,17 @@ from callpath.probes.btf import load_kernel_btf
 from callpath.probes.labvm import choose_kernel, run_in_lab
 from callpath.probes.loader import Recorder
 from callpath.probes.plan import build_plan
-from callpath.probes.record import DRIVER_MODULES
+from callpath.probes.modindex import documented_modules, index_or_none, modules_to_load
 from callpath.probes.workload import run_workload
 
 
 def inside(packets: int) -> None:
     specs = read_specs([str(Path(__file__).resolve().parent.parent / "specs")])
-    with kernel.modules_loaded(DRIVER_MODULES):
-        plan = build_plan(specs, kernel.load_symbols(), load_kernel_btf(DRIVER_MODULES))
+    index = index_or_none(kernel.kernel_release())
+    syms = kernel.load_symbols()
+    with kernel.modules_loaded(modules_to_load(specs, index, syms.text, syms.clones)):
+        syms = kernel.load_symbols()
+        plan = build_plan(specs, syms, load_kernel_btf(documented_modules(specs, syms.text, syms.clones)), index=index)
         run_workload("macvlan", packets=5)  # warm up: module paths, page cache
         t0 = time.monotonic()
         base = run_workload("macvlan", packets=packets)

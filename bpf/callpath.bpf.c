@@ -10,12 +10,20 @@
  * by the loader before any probe is attached.
  *
  * Settings from the loader, as cflags: CALLPATH_MAX_FUNCS (slots, default 128),
- * CALLPATH_RINGBUF_PAGES (ring buffer size in pages, power of two).
+ * CALLPATH_RINGBUF_PAGES (ring buffer size in pages, power of two), and the
+ * byte offsets of the kernel fields read, taken from the target kernel's BTF by
+ * probes/fields.py (-1: not resolved, not read):
+ *   CALLPATH_OFF_SKB_DEV       struct sk_buff, member dev (struct net_device *)
+ *   CALLPATH_OFF_DEV_IFINDEX   struct net_device, member ifindex (int)
+ *   CALLPATH_OFF_DEV_NET       struct net_device, member nd_net.net (struct net *)
+ *   CALLPATH_OFF_NET_INUM      struct net, member ns.inum (unsigned int)
+ *
+ * No kernel-internal header is included: struct layouts differ between kernels
+ * and headers such as linux/netdevice.h stop compiling with an older bcc on a
+ * newer kernel (linux/bpf.h needs uapi types bcc's bundled bpf.h lacks). Fields
+ * are read with bpf_probe_read_kernel at the offsets above, like CO-RE does.
  */
 #include <uapi/linux/ptrace.h>
-#include <linux/skbuff.h>
-#include <linux/netdevice.h>
-#include <net/net_namespace.h>
 
 #include "callpath_event.h"
 
@@ -24,6 +32,10 @@
 #endif
 #ifndef CALLPATH_RINGBUF_PAGES
 #define CALLPATH_RINGBUF_PAGES 256
+#endif
+#if !defined(CALLPATH_OFF_SKB_DEV) || !defined(CALLPATH_OFF_DEV_IFINDEX) || \
+    !defined(CALLPATH_OFF_DEV_NET) || !defined(CALLPATH_OFF_NET_INUM)
+#error "field offsets come from the loader (probes/fields.py): -DCALLPATH_OFF_...=BYTES or -1"
 #endif
 
 struct func_cfg {
@@ -59,17 +71,20 @@ static __always_inline u64 arg_n(struct pt_regs *ctx, int n)
 	return 0;
 }
 
-static __always_inline void read_dev(struct callpath_event *e, struct net_device *dev)
+/* ifindex and netns inode of a struct net_device at address dev */
+static __always_inline void read_dev(struct callpath_event *e, u64 dev)
 {
-	struct net *net = NULL;
+	u64 net = 0;
 
 	if (!dev)
 		return;
-	bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), &dev->ifindex);
-#ifdef CONFIG_NET_NS
-	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+#if CALLPATH_OFF_DEV_IFINDEX >= 0
+	bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), (void *)(dev + CALLPATH_OFF_DEV_IFINDEX));
+#endif
+#if CALLPATH_OFF_DEV_NET >= 0 && CALLPATH_OFF_NET_INUM >= 0
+	bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + CALLPATH_OFF_DEV_NET));
 	if (net)
-		bpf_probe_read_kernel(&e->netns, sizeof(e->netns), &net->ns.inum);
+		bpf_probe_read_kernel(&e->netns, sizeof(e->netns), (void *)(net + CALLPATH_OFF_NET_INUM));
 #endif
 }
 
@@ -104,14 +119,16 @@ static __always_inline int emit(struct pt_regs *ctx, u32 id, u8 kind)
 			if (cfg->skb_depth == 2 && skb)
 				bpf_probe_read_kernel(&skb, sizeof(skb), (void *)skb);
 			e->skb = skb;
+#if CALLPATH_OFF_SKB_DEV >= 0
 			if (skb) {
-				struct net_device *dev = NULL;
-				bpf_probe_read_kernel(&dev, sizeof(dev), &((struct sk_buff *)skb)->dev);
+				u64 dev = 0;
+				bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + CALLPATH_OFF_SKB_DEV));
 				read_dev(e, dev);
 			}
+#endif
 		}
 		if (cfg && cfg->netdev_arg && !e->ifindex)
-			read_dev(e, (struct net_device *)arg_n(ctx, cfg->netdev_arg));
+			read_dev(e, arg_n(ctx, cfg->netdev_arg));
 	}
 	events.ringbuf_submit(e, 0);
 	return 0;

@@ -20,9 +20,11 @@ examples:
   callpath verify                                 # shipped specs, built-in traffic, report in callpath-report/
   callpath verify specs/macvlan-newlink-xmit.txt --workload macvlan --out /tmp/mv
   callpath verify --kernel 6.1.0-56-amd64         # pick the lab kernel
+  callpath verify --kernel all --out /tmp/k       # every lab kernel, side by side (report-kernels.md)
   callpath verify --host --duration 30            # this kernel; record 30 s of your own traffic
   sudo callpath record specs/ --out t.parquet -- ./my-traffic.sh
   callpath report callpath-report/trace.parquet --out /tmp/again
+  callpath report /tmp/k/6.1.0-56-amd64 /tmp/k/6.12.117+deb12-amd64 --out /tmp/k   # compare traces
   callpath lint specs/*                           # static check against the running kernel
   callpath convert specs/veth-macvlan-notes.md    # into callpath's own TOML format
   callpath kernels                                # lab kernels installed
@@ -30,7 +32,14 @@ examples:
 
 
 def _progress(msg: str) -> None:
-    print(f"callpath: {msg}", file=sys.stderr, flush=True)
+    from .analysis.textsafe import terminal
+
+    print(f"callpath: {terminal(msg)}", file=sys.stderr, flush=True)
+
+
+def _add_doc_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-doc-bytes", type=int, metavar="N",
+                   help="largest document read, in bytes (default 16 MiB, or $CALLPATH_MAX_DOC_BYTES)")
 
 
 def _add_traffic_args(p: argparse.ArgumentParser) -> None:
@@ -63,8 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("specs", nargs="*", metavar="SPEC", help="documents or directories (default: the shipped specs/)")
     v.add_argument("--out", default="callpath-report", metavar="DIR", help="report directory (default callpath-report/)")
     where = v.add_mutually_exclusive_group()
-    where.add_argument("--kernel", metavar="RELEASE", help="lab VM kernel release (default: newest installed with headers)")
+    where.add_argument("--kernel", action="append", metavar="RELEASE",
+                       help="lab VM kernel release (default: newest installed with headers); repeat it, or give "
+                       "'all' (every installed kernel with headers), to run the documents on each kernel and "
+                       "compare them side by side (report-kernels.md)")
     where.add_argument("--host", action="store_true", help="probe the running kernel (needs root and kprobes)")
+    v.add_argument("--load-modules", action="store_true",
+                   help="with --host: load the modules that define documented functions before probing (unloaded "
+                   "at the end); without it, their functions are probed if the modules arrive during the run. "
+                   "The lab VM always loads them")
     v.add_argument("--json", action="store_true", help="print the report JSON on stdout instead of the summary")
     v.add_argument("--lab-timeout", type=float, default=1500, metavar="S", help="give up on the lab VM after S seconds")
     _add_traffic_args(v)
@@ -73,16 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("specs", nargs="*", metavar="SPEC", help="documents or directories (default: the shipped specs/)")
     r.add_argument("--out", required=True, metavar="TRACE.parquet", help="trace file to write")
+    r.add_argument("--load-modules", action="store_true",
+                   help="load the modules that define documented functions before probing (unloaded at the end); "
+                   "without it, their functions are probed if the modules arrive during the run")
     r.add_argument("--where", default="", help=argparse.SUPPRESS)
     r.add_argument("--boot-graph", metavar="FILE", help=argparse.SUPPRESS)
     r.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     _add_traffic_args(r)
 
     rp = sub.add_parser("report", help="analyse a saved trace again (no root needed)")
-    rp.add_argument("trace", metavar="TRACE", help="trace.parquet, or a report directory holding one")
+    rp.add_argument("trace", nargs="+", metavar="TRACE",
+                    help="trace.parquet, or a report directory holding one; several (one per kernel): "
+                    "each one's report in OUT/<kernel>/ and a side-by-side report-kernels.md in OUT")
     rp.add_argument("--spec", action="append", metavar="SPEC", help="documents to check (default: those recorded in the trace)")
     rp.add_argument("--out", metavar="DIR", help="report directory (default: the trace's directory)")
     rp.add_argument("--json", action="store_true", help="print the report JSON on stdout")
+    _add_doc_limit(rp)
 
     li = sub.add_parser("lint", help="check documents against a kernel: no traffic, no probes",
                         epilog="examples:\n  callpath lint specs/*\n  callpath lint specs/ --kernel 6.1.0-56-amd64 --json\n\n"
@@ -94,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     lwhere.add_argument("--host", action="store_true", help="lint against the running kernel (the default)")
     li.add_argument("--json", action="store_true", help="print JSON for machines")
     li.add_argument("--output", metavar="FILE", help=argparse.SUPPRESS)
+    _add_doc_limit(li)
+    li.add_argument("--in-lab-guest", action="store_true", help=argparse.SUPPRESS)  # may load modules: our VM
 
     cv = sub.add_parser("convert", help="convert documents into callpath's own TOML spec format",
                         epilog="examples:\n  callpath convert specs/macvlan-newlink-xmit.txt > macvlan.toml\n"
@@ -102,8 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("specs", nargs="*", metavar="DOC", help="documents to convert")
     cv.add_argument("--out-dir", metavar="DIR", help="write DIR/<name>.toml per document instead of stdout")
     cv.add_argument("--schema", action="store_true", help="print the format's JSON Schema and exit")
+    _add_doc_limit(cv)
+
+    ex = sub.add_parser("export", help="write a saved trace as a timeline (Perfetto / chrome://tracing JSON)",
+                        epilog="examples:\n  callpath export callpath-report/trace.parquet --perfetto timeline.json\n"
+                        "  (open it at https://ui.perfetto.dev or chrome://tracing)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("trace", metavar="TRACE", help="trace file (or a report directory holding trace.parquet)")
+    ex.add_argument("--perfetto", required=True, metavar="FILE.json",
+                    help="Chrome trace-event JSON: a track per thread, nested call slices, packet flow arrows")
 
     sub.add_parser("kernels", help="list installed lab kernels")
+    sub.add_parser("cleanup", help="remove what killed callpath runs left behind (namespaces, mounts, lab VMs)")
     return parser
 
 
@@ -111,17 +145,31 @@ def _emit_report(trace_path: Path, specs, out: Path, as_json: bool) -> int:
     from .analysis.report import summary_lines, write_report
     from .analysis.trace import read_trace
 
+    from .analysis.textsafe import terminal
+    from .outputs import staged_dir
+
     trace = read_trace(trace_path)
     _progress("analysing: call trees, conformance, latency")
-    report = write_report(trace, specs, out)
+    with staged_dir(out) as tmp:  # the previous report stays until this one is complete
+        report = write_report(trace, specs, tmp)
+    missing = report.get("not_recorded") or []
+    if missing:
+        _progress(f"{len(missing)} documented function{'s' if len(missing) != 1 else ''} not recorded in this trace "
+                  f"(verdict not-recorded; record with these documents to check them): {', '.join(missing)}")
+    back = (report.get("time_backwards") or {}).get("count", 0)
+    if back:
+        _progress(f"trace defect: {back} timestamps go backwards within a thread (see report.md)")
+    if report.get("unterminated"):
+        _progress(f"{report['unterminated']} calls without their own return: they prove no nesting (see report.md)")
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    print(f"kernel {report['kernel']} ({report['where'] or 'running kernel'}): {report['events']} events, {report['lost']} lost")
+    print(terminal(f"kernel {report['kernel']} ({report['where'] or 'running kernel'}): {report['events']} events, "
+                   f"{report['lost']} lost"))
     print("observed/checkable per path:")
     for line in summary_lines(report):
         print("  " + line)
-    print(f"report: {out / 'report.md'} (JSON: {out / 'report.json'}, trace: {trace_path})")
+    print(terminal(f"report: {out / 'report.md'} (JSON: {out / 'report.json'}, trace: {trace_path})"))
     return 0
 
 
@@ -133,89 +181,79 @@ def _default_workloads(args, specs) -> None:
     args.workload = list(dict.fromkeys(wanted)) or None
 
 
-def _traffic_kwargs(args) -> dict:
-    command = [c for c in args.command if c != "--"]
-    return dict(workloads=args.workload, packets=args.packets, duration=args.duration,
-                until_interrupt=args.until_interrupt, command=command or None, ringbuf_pages=args.ringbuf_pages)
+def _traffic(args):
+    from .probes.session import Traffic
 
-
-def _traffic_argv(args) -> list[str]:
-    argv = ["--packets", str(args.packets), "--ringbuf-pages", str(args.ringbuf_pages)]
-    for w in args.workload or []:
-        argv += ["--workload", w]
-    if args.duration:
-        argv += ["--duration", str(args.duration)]
     command = [c for c in args.command if c != "--"]
-    if command:
-        argv += ["--", *command]
-    return argv
+    return Traffic(workloads=args.workload, packets=args.packets, duration=args.duration,
+                   until_interrupt=args.until_interrupt, command=command or None, ringbuf_pages=args.ringbuf_pages)
 
 
 def _display_path(path: Path) -> Path:
     """``path`` relative to the working directory when it lies below it (for file:line)."""
     try:
         return path.resolve().relative_to(Path.cwd())
-    except ValueError:
+    except (ValueError, RuntimeError, OSError):  # outside the cwd; a symlink loop is reported when read
         return path
 
 
 def cmd_verify(args) -> int:
     from .analysis.readers import expand_spec_args, read_spec
-    from .probes import kernel
+    from .probes import kernel, session
 
+    on_host = args.host or (not args.kernel and kernel.has_kprobes())
+    session.needs_root(on_host)
     given = expand_spec_args(args.specs)
-    paths = [p.resolve() for p in given]  # the lab VM needs absolute paths
     specs = [read_spec(_display_path(p)) for p in given]
     _default_workloads(args, specs)
+    traffic = _traffic(args)
+    session.sweep(_progress)
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    trace_path = out / "trace.parquet"
     t0 = time.monotonic()
-    if args.host or (not args.kernel and kernel.has_kprobes()):
-        from .probes.record import record
-
-        _progress(f"probing the running kernel {kernel.kernel_release()}")
-        record(specs, trace_path, where="running kernel", progress=_progress, **_traffic_kwargs(args))
+    if on_host:
+        out.mkdir(parents=True, exist_ok=True)
+        trace_path = session.verify_on_host(specs, out / "trace.parquet", traffic, _progress,
+                                            load_modules=args.load_modules)
     else:
-        from .probes.labvm import choose_kernel, run_in_lab
+        from .probes.labvm import choose_kernels
 
-        if args.until_interrupt:
-            raise SystemExit("callpath: --until-interrupt cannot be used in the lab VM (no terminal); use --duration")
-        from .probes.boottrace import boot_roots, graph_cmdline, modules_of_release, read_init_text
-
-        lab = choose_kernel(args.kernel)
+        labs = choose_kernels(args.kernel)
+        if len(labs) > 1:
+            return _verify_kernels(labs, given, specs, out, traffic, args.lab_timeout, t0, args.json)
+        lab = labs[0]
         why = "requested" if args.kernel else f"the running kernel {kernel.kernel_release()} has no kprobes"
         _progress(f"probing in a lab VM on Debian kernel {lab.release} ({why})")
-        init_text = read_init_text(f"/boot/System.map-{lab.release}")
-        if not init_text:  # Debian's System.map is a stub: use the running kernel's
-            try:
-                init_text = kernel.read_kallsyms()[2]
-            except kernel.KernelAccessError:
-                init_text = set()
-        roots = boot_roots(specs, init_text, modules_of_release(lab.release))
-        append = graph_cmdline(roots) if roots else None
-        if roots:
-            _progress(f"boot-time paths {', '.join(roots)}: booting with the function_graph tracer on them")
-        trace_path.unlink(missing_ok=True)
-        import shlex
-
-        from .probes.boottrace import save_graph_script
-
-        graph_file = out / "boot-graph.txt"
-        graph_file.unlink(missing_ok=True)
-        record_argv = [sys.executable, "-u", "-m", "callpath", "record", *map(str, paths), "--out", str(trace_path),
-                       "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}", *_traffic_argv(args)]
-        if roots:
-            record_argv[5:5] = ["--boot-graph", str(graph_file)]
-            inner = ["sh", "-c", save_graph_script(shlex.quote(str(graph_file))) + "; exec " + shlex.join(record_argv)]
-        else:
-            inner = record_argv
-        rc = run_in_lab(lab, inner, [out], progress=_progress, timeout_s=args.lab_timeout, append=append)
-        if rc != 0 or not trace_path.exists():
-            _progress(f"the lab VM run failed (exit status {rc}); see the [lab] lines above")
-            return 1
+        trace_path = session.verify_in_lab(lab, given, out, traffic, _progress, args.lab_timeout, specs=specs)
     _progress(f"recorded in {time.monotonic() - t0:.0f} s")
     return _emit_report(trace_path, specs, out, args.json)
+
+
+def _verify_kernels(labs, given, specs, out: Path, traffic, timeout_s: float, t0: float, as_json: bool) -> int:
+    from .probes.kernelmatrix import verify_kernels
+
+    _progress(f"probing in lab VMs on {len(labs)} kernels, one boot each: {', '.join(k.release for k in labs)}")
+    cmp, failed = verify_kernels(labs, given, specs, out, traffic, _progress, timeout_s)
+    _progress(f"recorded on {len(labs) - len(failed)} of {len(labs)} kernels in {time.monotonic() - t0:.0f} s")
+    if cmp is None:
+        _progress("no kernel produced a trace; see the [lab] lines above")
+        return 1
+    _print_comparison(cmp, out, as_json)
+    return 1 if failed else 0
+
+
+def _print_comparison(cmp: dict, out: Path, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(cmp, indent=2, default=str))
+        return
+    for k in cmp["kernels"]:
+        print(f"kernel {k}: {cmp['events'][k]} events, report {out / cmp['reports'][k] / 'report.md'}")
+    for k, err in cmp.get("failed", {}).items():
+        print(f"kernel {k}: failed: {err}")
+    print(f"drift ({len(cmp['drift'])} functions differ or are absent everywhere):")
+    for d in cmp["drift"]:
+        print(f"  {d['function']:<32} {', '.join(d['kinds']):<20} {'; '.join(d['changes'])}")
+    print(f"{cmp['changed_steps']} steps have different verdicts; side by side: {out / 'report-kernels.md'} "
+          f"(JSON: {out / 'report-kernels.json'})")
 
 
 def cmd_record(args) -> int:
@@ -228,8 +266,11 @@ def cmd_record(args) -> int:
         print(PROGRAM.read_text())
         return 0
     specs = read_specs(args.specs)
-    record(specs, Path(args.out), where=args.where, boot_graph=args.boot_graph, progress=_progress,
-           **_traffic_kwargs(args))
+    from .probes import session
+
+    session.sweep(_progress)
+    record(specs, Path(args.out), where=args.where, boot_graph=args.boot_graph, load_modules=args.load_modules,
+           progress=_progress, **_traffic(args).kwargs())
     return 0
 
 
@@ -237,86 +278,93 @@ def cmd_report(args) -> int:
     from .analysis.readers import read_specs
     from .analysis.trace import read_trace
 
-    trace_path = Path(args.trace)
-    if trace_path.is_dir():
-        trace_path = trace_path / "trace.parquet"
-    trace = read_trace(trace_path)
-    specs = read_specs(args.spec or trace.meta.get("specs", []))
+    paths = [Path(t) / "trace.parquet" if Path(t).is_dir() else Path(t) for t in args.trace]
+    if len(paths) > 1:
+        from .analysis.compare import report_traces
+
+        traces = [read_trace(p) for p in paths]
+        runs = [(t, read_specs(args.spec or t.meta.get("specs", []))) for t in traces]
+        out = Path(args.out or "callpath-report")
+        cmp, _ = report_traces(runs, out, _progress)
+        _print_comparison(cmp, out, args.json)
+        return 0
+    trace_path = paths[0]
+    trace = read_trace(trace_path)  # checks the metadata before anything is written
+    specs = read_specs(args.spec or trace.meta.get("specs", []), args.max_doc_bytes)
     out = Path(args.out) if args.out else trace_path.parent
     return _emit_report(trace_path, specs, out, args.json)
 
 
 def cmd_lint(args) -> int:
-    from .analysis.readers import expand_spec_args, read_spec
-    from .probes import kernel
-    from .probes.lint import lint, render_text
+    from .probes import session
+    from .probes.lint import render_text
 
-    given = expand_spec_args(args.specs)
-    specs = [read_spec(_display_path(p)) for p in given]
+    given, specs, bad = _read_documents(args)
+    if not specs:
+        return 2
     if args.kernel:
-        import tempfile
-
-        from .probes.labvm import choose_kernel, run_in_lab
+        from .probes.labvm import choose_kernel
 
         lab = choose_kernel(args.kernel)
         _progress(f"linting against lab kernel {lab.release} (booting the lab VM)")
-        with tempfile.TemporaryDirectory(prefix="callpath-lint-") as tmp:
-            out = Path(tmp) / "lint.json"
-            inner = [sys.executable, "-u", "-m", "callpath", "lint", "--host", "--json", "--output", str(out),
-                     *[str(p.resolve()) for p in given]]
-            rc = run_in_lab(lab, inner, [Path(tmp)], progress=_progress)
-            if not out.exists():
-                _progress(f"the lab VM run failed (exit status {rc})")
-                return 1
-            result = json.loads(out.read_text())
-        # report sources as the user gave them, not the guest's absolute paths
-        for doc, spec in zip(result["documents"], specs):
-            doc["source"] = spec.source
-            for f in doc["functions"]:
-                f["where"] = [spec.source + ":" + w.rsplit(":", 1)[1] for w in f["where"]]
+        result = session.lint_in_lab(lab, given, _progress, sources=[s.source for s in specs])
+    elif args.in_lab_guest:
+        result = session.lint_in_guest(specs, _progress)
     else:
-        from .probes.btf import BtfError, load_kernel_btf
-        from .probes.plan import build_plan
-        from .probes.record import DRIVER_MODULES
-
-        with kernel.modules_loaded(DRIVER_MODULES if os.geteuid() == 0 else [], _progress) as modules:
-            syms = kernel.load_symbols()
-            try:
-                btf = load_kernel_btf(DRIVER_MODULES)
-            except BtfError as err:
-                _progress(f"no BTF: {err}; argument names are not checked")
-                btf = None
-            plan = build_plan(specs, syms, btf, max_funcs=10**6)
-            result = lint(specs, plan, syms.traceable_known, modules)
+        result = session.lint_on_host(specs, _progress)
     text = json.dumps(result, indent=2) if args.json else render_text(result)
     if args.output:
         Path(args.output).write_text(text + "\n")
     else:
         print(text)
-    return 1 if result["absent"] else 0
+    return 2 if bad else 1 if result["absent"] else 0
+
+
+def _read_documents(args):
+    """Read every document the arguments name; print one line per bad one and every warning.
+
+    Returns ``(paths, specs, errors)`` for the good documents and the bad ones.
+    """
+    from .analysis.readers import read_each, select_documents
+
+    selection = select_documents(args.specs)
+    good, bad = read_each(selection.documents, args.max_doc_bytes, _display_path)
+    for err in bad:
+        _progress(f"error: {err}")
+    for _, spec in good:
+        for w in spec.warnings:
+            _progress(f"warning: {w}")
+    if bad:
+        _progress(f"{len(bad)} of {len(selection.documents)} documents cannot be read (exit status 2)")
+    return [p for p, _ in good], [s for _, s in good], bad
 
 
 def cmd_convert(args) -> int:
     from .analysis import ownspec
-    from .analysis.readers import expand_spec_args, read_spec
 
     if args.schema:
         print(json.dumps(ownspec.schema(), indent=2))
         return 0
     if not args.specs:
         raise SystemExit("callpath convert: give at least one document (or --schema)")
-    for p in expand_spec_args(args.specs):
-        spec = read_spec(_display_path(p))
-        for w in spec.warnings:
-            _progress(f"warning: {w}")
-        text = ownspec.dumps(spec)
-        if args.out_dir:
-            target = Path(args.out_dir) / (p.stem + ".toml")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+    from .outputs import check_distinct, check_out_dir, staged_dir
+
+    if args.out_dir:
+        check_out_dir(args.out_dir)
+    given, specs, bad = _read_documents(args)
+    if bad:  # all or nothing: no partial output
+        _progress("nothing converted")
+        return 2
+    if not args.out_dir:
+        for spec in specs:
+            print(ownspec.dumps(spec))
+        return 0
+    targets = [Path(args.out_dir) / (p.stem + ".toml") for p in given]
+    check_distinct(zip(map(str, given), targets))
+    with staged_dir(args.out_dir) as tmp:
+        for p, spec, target in zip(given, specs, targets):
+            (tmp / target.name).write_text(ownspec.dumps(spec))
             _progress(f"{p} -> {target} ({len(spec.paths)} paths, {sum(len(x.steps) for x in spec.paths)} steps)")
-        else:
-            print(text)
     return 0
 
 
@@ -331,6 +379,27 @@ def cmd_kernels(_args) -> int:
     for k in ks:
         print(f"lab: {k.release}  {k.image}  headers: {'yes' if k.headers else 'no (bcc cannot compile for it)'}")
     return 0
+
+
+def cmd_cleanup(_args) -> int:
+    from .probes import runstate
+
+    removed = runstate.sweep(_progress)
+    print(f"removed {len(removed)} objects left by dead callpath runs" + "".join(f"\n  {r}" for r in removed))
+    return 0
+
+
+def _interrupted() -> str:
+    """The interrupt message, true to what this process created and removed."""
+    from .probes import runstate
+
+    left = runstate.leftover()
+    if left:
+        return ("interrupted; left behind: " + ", ".join(f"{k} {v}" for k, v in left)
+                + " (`callpath cleanup` removes them)")
+    if runstate.created():
+        return f"interrupted; all {runstate.created()} objects this run created on the host were removed"
+    return "interrupted"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,24 +432,40 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def cmd_export(args) -> int:
+    from .analysis.perfetto import export_trace
+    from .analysis.trace import read_trace
+
+    done = export_trace(read_trace(args.trace), args.perfetto)
+    print(f"{done['path']}: {done['slices']} call slices on {done['threads']} thread tracks, {done['flows']} packet flow arrows")
+    return 0
+
+
 def _dispatch(args) -> int:
     from .analysis.spec import SpecError
+    from .analysis.textsafe import terminal
     from .analysis.trace import TraceError
+    from .outputs import OutputError
 
     handlers = {"verify": cmd_verify, "record": cmd_record, "report": cmd_report, "kernels": cmd_kernels,
-                "lint": cmd_lint, "convert": cmd_convert}
+                "lint": cmd_lint, "convert": cmd_convert, "export": cmd_export, "cleanup": cmd_cleanup}
     try:
         return handlers[args.cmd](args)
-    except (SpecError, TraceError) as err:
-        print(f"callpath: error: {err}", file=sys.stderr)
+    except (SpecError, TraceError, OutputError) as err:
+        print(f"callpath: error: {terminal(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("callpath: interrupted; probes, namespaces and links were removed", file=sys.stderr)
+        print(f"callpath: {_interrupted()}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for every known failure kind
-        known = ("RecordError", "ProbeError", "LabError", "WorkloadError", "KernelAccessError", "BtfError", "WorkloadTerminated")
+        known = ("RecordError", "ProbeError", "LabError", "WorkloadError", "KernelAccessError", "BtfError", "WorkloadTerminated",
+                 "FieldError", "SessionError", "RunStateError")
         if type(err).__name__ in known:
-            print(f"callpath: error: {err}", file=sys.stderr)
+            print(f"callpath: error: {terminal(err)}", file=sys.stderr)
+            return 1
+        if isinstance(err, OSError):  # a path or permission: one line naming the file
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"callpath: error: {terminal(where + (err.strerror or str(err)))}", file=sys.stderr)
             return 1
         raise
 

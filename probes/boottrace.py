@@ -14,9 +14,13 @@ probed after the fact, so:
 * **module init**: kprobe events written to tracefs ``kprobe_events`` with the
   ``MODULE:function`` form, which the kernel arms when the module arrives
   (kernel/trace/trace_kprobe.c), on the init function and its documented
-  callees; then ``modprobe`` (:func:`capture_module_init`).
+  callees, enabled and read in callpath's own tracefs instance; then
+  ``modprobe`` (:func:`capture_module_init`).
 
-Everything added to tracefs is removed again, also on errors.
+Everything added to tracefs is registered with :mod:`probes.runstate` before it
+is added and removed again, also on errors; the global tracer, buffer and
+``tracing_on`` are left as found (the lab VM's boot options are callpath's own,
+so there the boot tracer is switched off after reading).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import re
 import subprocess
 from pathlib import Path
 
-from ..analysis.kernelfacts import module_of
 from ..analysis.ftrace_text import ENTRY, RETURN, parse_function_graph, parse_kprobe_events
 from ..analysis.spec import Spec
 from .kernel import module_status
@@ -66,21 +69,22 @@ def modules_of_release(release: str) -> set[str]:
     return {Path(line.split(":", 1)[0]).name.split(".ko")[0] for line in text.splitlines() if ":" in line}
 
 
-def boot_roots(specs: list[Spec], init_text: set[str], lab_modules: set[str] = frozenset()) -> list[str]:
+def boot_roots(specs: list[Spec], init_text: set[str], index=None) -> list[str]:
     """Root functions of documented paths that run at boot in the lab kernel.
 
     The lab kernel's own symbols are not readable before it boots (Debian ships a
     stub System.map), so a root counts as boot-time when ``init_text`` (the
     ``__init`` functions of a kernel we can read: the lab's System.map when real,
     else the running kernel's kallsyms) has it or it is named ``*_init`` -- unless
-    it belongs to a module the lab kernel builds as loadable (``macvtap_init`` in
-    Debian's 6.1: module init, handled by :func:`capture_module_init`).
+    a loadable module of the lab kernel defines it (``index``, the lab release's
+    :class:`probes.modindex.ModuleIndex`: ``macvtap_init`` in Debian's 6.1 is
+    module init, handled by :func:`capture_module_init`).
     """
     roots = []
     for spec in specs:
         for path in spec.paths:
             fn = next((s.function for s in path.steps if s.function), None)
-            if not fn or fn in roots or (module_of(fn) or "") in lab_modules:
+            if not fn or fn in roots or (index is not None and index.modules_of(fn)):
                 continue
             if fn in init_text or fn.endswith("_init"):
                 roots.append(fn)
@@ -103,9 +107,29 @@ def save_graph_script(target: str) -> str:
     )
 
 
-def capture_boot_graph(tracefs: str | None, saved: str | Path | None = None) -> tuple[list[tuple], dict, str] | None:
+def booted_with_our_graph(cmdline: str | None = None) -> bool:
+    """True when the kernel command line (``/proc/cmdline``) holds callpath's own
+    boot-graph options (:data:`GRAPH_CMDLINE`): the global tracer is then callpath's."""
+    if cmdline is None:
+        try:
+            cmdline = Path("/proc/cmdline").read_text()
+        except OSError:
+            return False
+    opts = cmdline.split()
+    ours = GRAPH_CMDLINE.split()
+    return all(any(o == want or (want.endswith("{functions}") and o.startswith(want.split("{")[0]))
+                   for o in opts) for want in ours)
+
+
+def capture_boot_graph(tracefs: str | None, saved: str | Path | None = None,
+                       cmdline: str | None = None) -> tuple[list[tuple], dict, str] | None:
     """The boot-time function_graph trace: from ``saved`` (written by
-    :func:`save_graph_script`) or else from tracefs, switching the tracer off.
+    :func:`save_graph_script`) or else read from tracefs.
+
+    The global tracer is switched off (``nop``, ``set_graph_function`` and the
+    buffer cleared) only when callpath's options booted the kernel
+    (:func:`booted_with_our_graph`); another tool's or an administrator's
+    function_graph is only read, never reset.
 
     Returns:
         ``(rows, stats, text)``: :func:`analysis.ftrace_text.parse_function_graph`'s
@@ -124,28 +148,31 @@ def capture_boot_graph(tracefs: str | None, saved: str | Path | None = None) -> 
             text = Path(tracefs, "trace").read_text(errors="replace")
         except OSError:
             return None
-        with contextlib.suppress(OSError):
-            tracer.write_text("nop\n")
-            Path(tracefs, "set_graph_function").write_text("\n")
-            Path(tracefs, "trace").write_text("")
+        if booted_with_our_graph(cmdline):
+            with contextlib.suppress(OSError):
+                tracer.write_text("nop\n")
+                Path(tracefs, "set_graph_function").write_text("\n")
+                Path(tracefs, "trace").write_text("")
     rows, stats = parse_function_graph(text)
     if not stats["calls"]:
         return None
     return rows, stats, text
 
 
-def module_init_paths(specs: list[Spec]) -> dict[str, list[str]]:
+def module_init_paths(specs: list[Spec], index=None) -> dict[str, list[str]]:
     """Module -> documented functions of paths rooted in that module's init function.
 
-    A path counts when its root function is ``<something>_init`` and its module
-    (by name prefix) is loadable but not loaded yet.
+    A path counts when ``index`` (the release's :class:`probes.modindex.ModuleIndex`)
+    places its root function in the ``.init`` code of exactly one module, and
+    that module is loadable but not loaded yet. Without an index, none counts.
     """
     out: dict[str, list[str]] = {}
     for spec in specs:
         for path in spec.paths:
             root = next((s.function for s in path.steps if s.function), None)
-            mod = module_of(root) if root else None
-            if not root or not root.endswith("_init") or not mod or module_status(mod) != "loadable":
+            mods = index.modules_of(root) if root and index is not None else []
+            mod = mods[0] if len(mods) == 1 else None
+            if not mod or not index.is_init(mod, root) or module_status(mod) != "loadable":
                 continue
             fns = out.setdefault(mod, [])
             for f in path.functions():
@@ -165,57 +192,80 @@ def _append(path: Path, line: str) -> None:
 
 
 def capture_module_init(tracefs: str, module: str, functions: list[str], kallsyms: dict[str, str],
-                        progress=lambda m: None) -> tuple[list[tuple], list[str], str]:
+                        progress=lambda m: None, index=None) -> tuple[list[tuple], list[str], str]:
     """Load ``module`` with kprobe events on ``functions`` and return what they saw.
+
+    Works in a tracefs instance of its own (``instances/callpath-<pid>``, its own
+    buffer and ``tracing_on``); the global tracer, buffer and ``tracing_on`` are
+    never written. The kprobe events are named ``callpath_<pid>/cp_{p,r}N``;
+    the instance, each event and the module load are registered with
+    :mod:`probes.runstate` before they are made, and removed in ``finally``.
 
     Args:
         tracefs: mounted tracefs path.
         module: module to ``modprobe``.
         functions: documented functions of its init path.
         kallsyms: symbol -> module of the running kernel before the load.
+        index: the release's :class:`probes.modindex.ModuleIndex`: names the
+            module of functions not in kallsyms yet (``MODULE:function``).
 
     Returns:
         ``(rows, notes, text)``: event rows (function name as the last field), notes
         on functions that could not get a probe, and the raw trace text. The module stays loaded (the caller
-        unloads it); the kprobe events are removed.
+        unloads it, :func:`probes.kernel.unload_module`); the kprobe events and the instance are removed.
     """
+    from . import runstate
+
+    group = f"{EVENT_GROUP}_{os.getpid()}"
     kevents = Path(tracefs, "kprobe_events")
+    instance = Path(tracefs, "instances", f"callpath-{os.getpid()}")
     defined: dict[str, tuple[str, int]] = {}
     notes: list[str] = []
-    for i, fn in enumerate(functions):
-        if fn in kallsyms:
-            target = fn if kallsyms[fn] == "vmlinux" else f"{kallsyms[fn]}:{fn}"
-        elif module_of(fn):
-            target = f"{module_of(fn)}:{fn}"
-        else:
-            notes.append(f"{fn}: not in kallsyms and no module known: no kprobe event")
-            continue
-        for kind, letter, extra in ((ENTRY, "p", ""), (RETURN, "r", " arg1=$retval")):
-            name = f"cp_{letter}{i}"
-            try:
-                _append(kevents, f"{letter}:{EVENT_GROUP}/{name} {target}{extra}")
-                defined[name] = (fn, kind)
-            except OSError as err:
-                notes.append(f"{fn}: kprobe event {target} refused ({err.strerror})")
-                break
-    enable = Path(tracefs, "events", EVENT_GROUP, "enable")
     text = ""
+    made_instance = False
     try:
+        runstate.register("tracefs-instance", str(instance))
+        instance.mkdir()
+        made_instance = True
+        for i, fn in enumerate(functions):
+            if fn in kallsyms:
+                target = fn if kallsyms[fn] == "vmlinux" else f"{kallsyms[fn]}:{fn}"
+            elif index is not None and len(index.modules_of(fn)) == 1:
+                target = f"{index.modules_of(fn)[0]}:{fn}"
+            else:
+                notes.append(f"{fn}: not in kallsyms and no module known: no kprobe event")
+                continue
+            for kind, letter, extra in ((ENTRY, "p", ""), (RETURN, "r", " arg1=$retval")):
+                name = f"cp_{letter}{i}"
+                runstate.register("kprobe-event", f"{tracefs}|{group}/{name}")
+                defined[name] = (fn, kind)
+                try:
+                    _append(kevents, f"{letter}:{group}/{name} {target}{extra}")
+                except OSError as err:
+                    del defined[name]
+                    runstate.unregister("kprobe-event", f"{tracefs}|{group}/{name}")
+                    notes.append(f"{fn}: kprobe event {target} refused ({err.strerror})")
+                    break
         if defined:
-            enable.write_text("1\n")
-        Path(tracefs, "tracing_on").write_text("1\n")
+            Path(instance, "events", group, "enable").write_text("1\n")
         progress(f"loading module {module} with {len(defined)} kprobe events on its init path")
-        proc = subprocess.run(["modprobe", module], capture_output=True, text=True, timeout=120)
+        runstate.register("module", module)
+        proc = subprocess.run(["modprobe", "--", module], capture_output=True, text=True, timeout=120)
         if proc.returncode:
             notes.append(f"modprobe {module} failed: {proc.stderr.strip()}")
-        text = Path(tracefs, "trace").read_text(errors="replace")
+        text = Path(instance, "trace").read_text(errors="replace")
     finally:
         with contextlib.suppress(OSError):
-            if enable.exists():
-                enable.write_text("0\n")
+            if defined:
+                Path(instance, "events", group, "enable").write_text("0\n")
         for name in defined:
             with contextlib.suppress(OSError):
-                _append(kevents, f"-:{EVENT_GROUP}/{name}")
-        with contextlib.suppress(OSError):
-            Path(tracefs, "trace").write_text("")
+                _append(kevents, f"-:{group}/{name}")
+                runstate.unregister("kprobe-event", f"{tracefs}|{group}/{name}")
+        if made_instance:
+            with contextlib.suppress(OSError):
+                instance.rmdir()
+                runstate.unregister("tracefs-instance", str(instance))
+        else:
+            runstate.unregister("tracefs-instance", str(instance))
     return parse_kprobe_events(text, defined), notes, text

@@ -52,6 +52,7 @@ __all__ = [
     "BtfParam",
     "BtfFunction",
     "BtfIndex",
+    "BtfField",
     "parse_btf",
     "load_kernel_btf",
     "BTF_MAGIC",
@@ -203,6 +204,29 @@ class BtfFunction:
             if p.target == "struct net_device" and p.pointer_depth == 1:
                 return i
         return None
+
+
+@dataclass(frozen=True)
+class BtfField:
+    """Where a struct member lies, from BTF (:meth:`BtfIndex.field`).
+
+    Attributes:
+        path: the dotted path looked up (``"sk_buff.dev"``).
+        offset: bytes from the start of the outermost type.
+        size: bytes of the member's type (pointers 8).
+        type_name: C-like spelling of the member's type (``"struct net_device *"``).
+        module: BTF blob that defined the outermost type (``"vmlinux"`` or a module).
+        bitfield: bits of a bitfield member, 0 for an ordinary member.
+        bit_offset: for a bitfield, bits after ``offset``; else 0.
+    """
+
+    path: str
+    offset: int
+    size: int
+    type_name: str
+    module: str
+    bitfield: int = 0
+    bit_offset: int = 0
 
 
 class _Table:
@@ -579,6 +603,7 @@ class BtfIndex:
         self._cache: dict[str, BtfFunction] = {}
         self.modules: tuple[str, ...] = tuple(t.module for t in tables)
         self.missing_modules: tuple[str, ...] = tuple(missing_modules)
+        self._composites: dict[str, tuple[_Table, int]] | None = None
 
     def _root(self) -> _Table:
         t = self._tables[0]
@@ -638,6 +663,111 @@ class BtfIndex:
     def names(self) -> list[str]:
         """All function names (unsorted, load order)."""
         return list(self._funcs)
+
+    # -- data layout: struct/union members ----------------------------------
+    def field(self, path: str) -> "BtfField | None":
+        """Byte offset and size of a (possibly nested) struct member, from BTF.
+
+        ``path`` is ``"TYPE.member[.member...]"``, with TYPE a named struct or
+        union: ``"sk_buff.dev"``, ``"net_device.nd_net.net"``, ``"net.ns.inum"``.
+        Members of anonymous structs/unions are found through them (in
+        ``struct sk_buff``, ``dev`` sits in an anonymous union inside an
+        anonymous struct); typedefs and qualifiers of intermediate members are
+        followed (``possible_net_t nd_net``). TYPE is looked up in load order
+        (vmlinux first, then modules); the first definition with members wins.
+
+        Member records are ``struct btf_member {u32 name_off; u32 type; u32
+        offset}``; ``offset`` is in bits, or, when the struct's kind_flag is
+        set, ``bitfield_size << 24 | bit_offset`` (Documentation/bpf/btf.rst 2.2.4).
+
+        Returns:
+            a :class:`BtfField`, or None when TYPE or a member is not in BTF.
+
+        Raises:
+            BtfError: ``path`` has no member part, an intermediate member is not
+                a struct/union, or the records are corrupt.
+        """
+        parts = path.split(".")
+        if len(parts) < 2 or not all(parts):
+            raise BtfError(f"field path {path!r} must look like TYPE.member[.member...]")
+        found = self._composite(parts[0])
+        if found is None:
+            return None
+        table, tid = found
+        res = self._resolvers.get(id(table)) or _Resolver(table)
+        bits, bitfield = 0, 0
+        for i, name in enumerate(parts[1:], 1):
+            cid = res._skip_modifiers(tid, 0)
+            kind = (table.record(cid)[3] >> 24) & 0x1F if cid else 0
+            if kind not in (KIND_STRUCT, KIND_UNION):
+                raise BtfError(f"{'.'.join(parts[:i])} is {res.display(tid)}, not a struct or union: "
+                               f"cannot take member {name!r} ({table.module} BTF)")
+            hit = self._member(table, cid, name, 0)
+            if hit is None:
+                return None
+            off, bitfield, tid = hit
+            bits += off
+        if bits % 8 and not bitfield:
+            raise BtfError(f"{path}: member at bit offset {bits} is not byte aligned ({table.module} BTF)")
+        return BtfField(path, bits // 8, self._size(res, tid), res.display(tid), table.module,
+                        bitfield, bits % 8 if bitfield else 0)
+
+    def _composite(self, name: str) -> "tuple[_Table, int] | None":
+        """(table, type id) of the first complete struct/union called ``name``."""
+        if self._composites is None:
+            self._composites = {}
+            for t in self._tables:
+                for idx, off in enumerate(t.offsets):
+                    name_off, info, _st = t._u32x3.unpack_from(t.data, off)
+                    if name_off and (info >> 24) & 0x1F in (KIND_STRUCT, KIND_UNION):
+                        key = t.string(name_off)
+                        prev = self._composites.get(key)
+                        # an earlier member-less record of the name yields to one with members
+                        if prev is None or (info & 0xFFFF and not prev[0].record(prev[1])[3] & 0xFFFF):
+                            self._composites[key] = (t, t.start_id + idx)
+        return self._composites.get(name)
+
+    def _member(self, table: _Table, type_id: int, name: str, depth: int) -> "tuple[int, int, int] | None":
+        """(bit offset, bitfield bits, member type id) of ``name`` in a struct/union,
+        searching anonymous struct/union members too."""
+        if depth > _MAX_CHAIN:
+            raise BtfError(f"{table.module}: anonymous members nested too deep at id {type_id}")
+        t, off, _n, info, _st = table.record(type_id)
+        kflag = info >> 31
+        res = self._resolvers.get(id(table)) or _Resolver(table)
+        anonymous = []
+        for i in range(info & 0xFFFF):
+            m_name, m_type, m_off = t._u32x3.unpack_from(t.data, off + 12 + 12 * i)
+            bit_off, bf = (m_off & 0xFFFFFF, m_off >> 24) if kflag else (m_off, 0)
+            if m_name and t.string(m_name) == name:
+                return bit_off, bf, m_type
+            if not m_name:
+                anonymous.append((bit_off, m_type))
+        for bit_off, m_type in anonymous:
+            cid = res._skip_modifiers(m_type, 0)
+            if cid and (table.record(cid)[3] >> 24) & 0x1F in (KIND_STRUCT, KIND_UNION):
+                hit = self._member(table, cid, name, depth + 1)
+                if hit is not None:
+                    return bit_off + hit[0], hit[1], hit[2]
+        return None
+
+    def _size(self, res: "_Resolver", type_id: int) -> int:
+        """Size in bytes of a type (pointers: 8, the x86-64/arm64 kernels callpath targets)."""
+        for _ in range(_MAX_CHAIN):
+            tid = res._skip_modifiers(type_id, 0)
+            if tid == 0:
+                return 0
+            t, off, _n, info, st = res.t.record(tid)
+            kind = (info >> 24) & 0x1F
+            if kind == KIND_PTR:
+                return 8
+            if kind == KIND_ARRAY:
+                elem, _idx, nelems = t._u32x3.unpack_from(t.data, off + 12)
+                return nelems * self._size(res, elem)
+            if kind in (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FLOAT):
+                return st
+            return 0
+        raise BtfError(f"{res.t.module}: type chain too deep at id {type_id}")
 
     def __repr__(self) -> str:
         return f"<BtfIndex modules={self.modules!r} functions={len(self)}>"

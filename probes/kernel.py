@@ -11,7 +11,9 @@ Everything here is read from the running kernel, never assumed:
   kprobe PMU (``CONFIG_KPROBE_EVENTS``; kernel/trace/trace_event_perf.c), which bcc
   uses to attach kprobes.
 
-Filesystems this module mounts are unmounted by :func:`mounted_tracefs` on exit.
+Filesystems this module mounts are unmounted by :func:`mounted_tracefs` on exit,
+and mounts and module loads are registered with :mod:`probes.runstate` before
+they happen (swept after a SIGKILL).
 """
 
 from __future__ import annotations
@@ -147,16 +149,21 @@ def mounted_tracefs():
     if existing:
         yield existing
         return
+    from . import runstate
+
     target = TRACEFS_CANDIDATES[0]
+    runstate.register("mount", target)  # before mounting: a SIGKILL in between is swept
     try:
         _mount("tracefs", target)
     except KernelAccessError:
+        runstate.unregister("mount", target)
         yield None
         return
     try:
         yield target
     finally:
         _umount(target)
+        runstate.unregister("mount", target)
 
 
 def read_traceable(tracefs: str | None) -> tuple[set[str], bool]:
@@ -267,8 +274,11 @@ def modules_loaded(names: list[str], progress=lambda msg: None):
     """Load kernel modules for the run and unload, on exit, those this call loaded.
 
     Uses ``modprobe`` (kmod); a module that is built in or already loaded is left
-    alone. Yields ``{name: "loaded" | "present" | "unavailable: reason"}``.
+    alone. Each load is registered with :mod:`probes.runstate` first.
+    Yields ``{name: "loaded" | "present" | "unavailable: reason"}``.
     """
+    from . import runstate
+
     before = {n for n in names if module_status(n) in ("loaded", "builtin")}
     status: dict[str, str] = {}
     loaded_here: list[str] = []
@@ -280,19 +290,33 @@ def modules_loaded(names: list[str], progress=lambda msg: None):
             status[name] = "unavailable: not built for this kernel"
             progress(f"module {name}: {status[name]}")
             continue
+        runstate.register("module", name)  # before loading: a SIGKILL in between is swept
         try:
-            proc = subprocess.run(["modprobe", name], capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(["modprobe", "--", name], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as err:
             status[name] = f"unavailable: {err}"
-            continue
-        if proc.returncode == 0:
+            proc = None
+        if proc is not None and proc.returncode == 0:
             loaded_here.append(name)
             status[name] = "loaded"
         else:
-            status[name] = "unavailable: " + (proc.stderr.strip().splitlines() or ["modprobe failed"])[-1]
+            runstate.unregister("module", name)
+            if proc is not None:
+                status[name] = "unavailable: " + (proc.stderr.strip().splitlines() or ["modprobe failed"])[-1]
         progress(f"module {name}: {status[name]}")
     try:
         yield status
     finally:
         for name in reversed(loaded_here):
-            subprocess.run(["modprobe", "-r", name], capture_output=True, timeout=60)
+            unload_module(name)
+
+
+def unload_module(name: str) -> None:
+    """``modprobe -r NAME`` for a module this run loaded (registered with
+    :mod:`probes.runstate`); struck off the registry once it is gone."""
+    from . import runstate
+
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["modprobe", "-r", "--", name], capture_output=True, timeout=60)
+    if module_status(name) != "loaded":
+        runstate.unregister("module", name)

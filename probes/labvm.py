@@ -5,7 +5,9 @@ The lab VM boots an installed Debian kernel (``/boot/vmlinuz-RELEASE`` with its
 headers under ``/lib/modules/RELEASE/build``, which bcc needs) under QEMU with
 TCG emulation (``--disable-kvm``: KVM hangs on this kind of host). The guest sees
 the host's files read-only, so the project's venv runs unchanged; the output
-directory is shared read-write with ``--rwdir``.
+directory is shared read-write with ``--rwdir``: a directory callpath makes
+itself (no user path ever reaches vng, which pastes its options into a
+``/bin/sh -c`` line: see :func:`check_vng_arg`).
 
 Measured on the 6.18 Firecracker dev VM with Debian's 6.1.0-56-amd64: boot
 about 20 s, bcc compiling callpath's program 70-80 s (TCG).
@@ -13,6 +15,7 @@ about 20 s, bcc compiling callpath's program 70-80 s (TCG).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -79,6 +82,27 @@ def choose_kernel(requested: str | None = None) -> LabKernel:
     return usable[0]
 
 
+def choose_kernels(requested: list[str] | None = None) -> list[LabKernel]:
+    """Lab kernels for ``--kernel`` given zero or more times, oldest first.
+
+    ``None``/``[]``: the newest kernel with headers (:func:`choose_kernel`);
+    ``"all"``: every installed kernel with headers; otherwise each named
+    release (repeats dropped).
+
+    Raises:
+        LabError: a named kernel is missing or lacks headers, or none has headers.
+    """
+    if not requested:
+        return [choose_kernel()]
+    if "all" in requested:
+        usable = [k for k in list_lab_kernels() if k.headers]
+        if not usable:
+            choose_kernel()  # raises with the set-up hint
+        return list(reversed(usable))
+    picked = [choose_kernel(r) for r in dict.fromkeys(requested)]
+    return sorted(picked, key=lambda k: _release_key(k.release))
+
+
 def find_vng() -> str:
     """Path of the ``vng`` command (virtme-ng), preferring the one beside this Python.
 
@@ -94,29 +118,91 @@ def find_vng() -> str:
     return found
 
 
+#: What may reach virtme-ng's options: vng pastes them into a ``/bin/sh -c``
+#: line unquoted, and virtme-run reads ``=`` in ``--rwdir`` as GUEST=HOST.
+SAFE_VNG_ARG = re.compile(r"^[A-Za-z0-9_./:,+-]+$")
+
+
+def check_vng_arg(what: str, value: str) -> str:
+    """Return ``value`` when it can be passed to vng as one option value unchanged.
+
+    Raises:
+        LabError: it holds whitespace, ``=``, a shell metacharacter or anything
+            outside ``[A-Za-z0-9_./:,+-]``, or starts with ``-``.
+    """
+    if not SAFE_VNG_ARG.match(value) or value.startswith("-"):
+        raise LabError(f"refusing to pass {what} {value!r} to virtme-ng: only letters, digits and _./:,+- "
+                       "are safe in its options (it runs them through /bin/sh)")
+    return value
+
+
 def vng_command(kernel: LabKernel, inner: list[str], rwdirs: list[Path], cpus: int = 2, memory: str = "2G",
                 append: str | None = None) -> list[str]:
-    """The vng command line that runs ``inner`` in the lab VM."""
-    cmd = [find_vng(), "--run", str(kernel.image), "--disable-kvm", "--cpus", str(cpus), "--memory", memory]
+    """The vng command line that runs ``inner`` in the lab VM.
+
+    ``rwdirs`` should be directories callpath made itself (see
+    :func:`probes.runstate.make_temp_dir`); every option value is checked with
+    :func:`check_vng_arg`, and ``inner`` is one argument that vng quotes.
+
+    Raises:
+        LabError: an option value is unsafe for vng.
+    """
+    cmd = [find_vng(), "--run", check_vng_arg("the kernel image", str(kernel.image)), "--disable-kvm",
+           "--cpus", check_vng_arg("--cpus", str(cpus)), "--memory", check_vng_arg("--memory", memory)]
     for d in rwdirs:
-        cmd += ["--rwdir", str(d)]
+        cmd += ["--rwdir", check_vng_arg("the shared directory", str(d))]
     if append:
+        for opt in append.split(" "):
+            check_vng_arg("the kernel option", opt.replace("=", ":", 1))  # one NAME=VALUE each
         cmd += ["--append", append]
     cmd += ["--", shlex.join(inner)]
     return cmd
 
 
+#: Runs beside vng: when callpath dies (even by SIGKILL) the pipe on its stdin
+#: reaches EOF and it kills vng's process group (vng, virtme-run, QEMU).
+#: A line "done" on the pipe means vng has ended normally: nothing to kill.
+_WATCHDOG = (
+    "import os,signal,sys,time\n"
+    "pgid=int(sys.argv[1])\n"
+    "line=sys.stdin.readline()\n"
+    "if line.strip()!='done':\n"
+    "    for sig in (signal.SIGTERM,signal.SIGKILL):\n"
+    "        try: os.killpg(pgid,sig)\n"
+    "        except OSError: break\n"
+    "        time.sleep(3)\n"
+)
+
+
+def _parent_death_signal() -> None:
+    """In the child before exec: get SIGKILL when callpath dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+
+
 def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress=lambda m: None,
-               timeout_s: float = 1500, append: str | None = None) -> int:
+               timeout_s: float = 1500, append: str | None = None, cwd: Path | None = None) -> int:
     """Boot the lab VM, run ``inner`` in it, stream its output as progress lines.
+
+    vng runs in a session of its own, registered with :mod:`probes.runstate`
+    (a later sweep kills the group), with a parent-death signal and a
+    watchdog process that kills the whole group (QEMU included) when callpath
+    dies, however it dies. ``timeout_s`` holds while the guest prints nothing.
 
     Returns:
         the exit status of ``inner`` as vng reports it.
 
     Raises:
-        LabError: vng cannot start, or the run exceeds ``timeout_s`` seconds (the
-            VM is killed: no QEMU is left running).
+        LabError: vng cannot start, an option is unsafe, or the run exceeds
+            ``timeout_s`` seconds (the VM is killed: no QEMU is left running).
     """
+    import queue
+    import threading
+
+    from . import runstate
+
     cmd = vng_command(kernel, inner, rwdirs, append=append)
     env = dict(os.environ)
     # vng looks for its helpers (virtme-run ...) on PATH
@@ -125,16 +211,37 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, env=env, start_new_session=True)
+                                text=True, errors="replace", env=env, start_new_session=True,
+                                preexec_fn=_parent_death_signal, cwd=cwd or (rwdirs[0] if rwdirs else "/"))
     except OSError as err:
         raise LabError(f"cannot start vng: {err}") from None
+    runstate.register("pid", str(proc.pid))  # its own session: pgid == pid
+    watchdog = None
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            progress(f"[lab {time.monotonic() - t0:5.0f}s] {line.rstrip()}")
-            if time.monotonic() - t0 > timeout_s:
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(proc.pid)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                    text=True)
+        lines: queue.Queue = queue.Queue()
+
+        def pump():
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, name="callpath-lab-output", daemon=True).start()
+        while True:
+            left = timeout_s - (time.monotonic() - t0)
+            if left <= 0:
                 raise LabError(f"lab VM run exceeded {timeout_s:.0f} s")
-        return proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+            try:
+                line = lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            progress(f"[lab {time.monotonic() - t0:5.0f}s] {line.rstrip()}")
+        rc = proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+        return rc
     except (subprocess.TimeoutExpired, KeyboardInterrupt, LabError) as err:
         _kill(proc)
         if isinstance(err, subprocess.TimeoutExpired):
@@ -143,6 +250,13 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
     finally:
         if proc.poll() is None:
             _kill(proc)
+        if watchdog is not None:
+            with contextlib.suppress(OSError, ValueError):
+                watchdog.stdin.write("done\n")
+                watchdog.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(timeout=5)
+        runstate.unregister("pid", str(proc.pid))
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -155,5 +269,6 @@ def _kill(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass

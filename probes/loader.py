@@ -3,8 +3,9 @@
 Phases, as in bcc's bigger tools: compile (bcc/clang, the slow part: about
 40-80 s under TCG emulation), configure (per-function argument facts into the
 ``func_cfg`` array), attach (one kprobe + kretprobe per planned function),
-poll (a background thread drains the ring buffer while the workload runs),
-detach (``BPF.cleanup``; always, also on error and Ctrl-C).
+poll (a background thread drains the ring buffer while the workload runs,
+and attaches the planned functions of a module when it arrives: see
+:meth:`Recorder.attach_arrived`), detach (``BPF.cleanup``; always, also on error and Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,18 +17,25 @@ from dataclasses import dataclass, field
 
 from ..bpf import PROGRAM, BPF_DIR, SLOTS, handler_names
 from .event import CallpathEvent, FuncCfg
-from .plan import ProbePlan
+from .fields import field_cflags
+from .modindex import loaded_modules
+from .plan import MODULE_NOT_LOADED, ProbePlan
 
 
 class ProbeError(RuntimeError):
     """The BPF program could not be compiled, loaded or attached."""
 
 
-def bpf_cflags(ringbuf_pages: int) -> list[str]:
-    """cflags that configure bpf/callpath.bpf.c (settings never edit the C text)."""
+def bpf_cflags(ringbuf_pages: int, fields: dict | None = None) -> list[str]:
+    """cflags that configure bpf/callpath.bpf.c (settings never edit the C text).
+
+    ``fields`` is ``plan.fields`` (:func:`probes.fields.resolve_fields`): the
+    kernel field offsets; fields missing from it are not read (offset -1).
+    """
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
-    return [f"-I{BPF_DIR}", f"-DCALLPATH_MAX_FUNCS={SLOTS}", f"-DCALLPATH_RINGBUF_PAGES={ringbuf_pages}"]
+    return [f"-I{BPF_DIR}", f"-DCALLPATH_MAX_FUNCS={SLOTS}", f"-DCALLPATH_RINGBUF_PAGES={ringbuf_pages}",
+            *field_cflags(fields or {})]
 
 
 @dataclass
@@ -68,6 +76,13 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_error: BaseException | None = None
+        #: module -> planned functions waiting for it (status ``module-not-loaded`` with a slot)
+        self.pending: dict[str, list] = {}
+        #: module -> seconds after attaching when it arrived and its functions were attached
+        self.arrived: dict[str, float] = {}
+        self.loaded_modules = loaded_modules  # replaceable in tests
+        self._t_attach = time.monotonic()
+        self._next_check = 0.0
 
     # -- phases -----------------------------------------------------------
     def compile(self):
@@ -81,7 +96,7 @@ class Recorder:
         t0 = time.monotonic()
         self.progress(f"compiling {PROGRAM.name} with bcc (slow under emulation)")
         try:
-            self._bpf = BPF(src_file=str(PROGRAM).encode(), cflags=bpf_cflags(self.ringbuf_pages))
+            self._bpf = BPF(src_file=str(PROGRAM).encode(), cflags=bpf_cflags(self.ringbuf_pages, self.plan.fields))
         except Exception as err:  # bcc raises bare Exception on compile errors
             raise ProbeError(f"bcc could not compile {PROGRAM}: {err}") from err
         self.progress(f"compiled in {time.monotonic() - t0:.1f} s")
@@ -98,19 +113,68 @@ class Recorder:
             cfg = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1, netdev_arg=fp.netdev_arg or 0)
             table[ctypes.c_int(fp.func_id)] = cfg
 
+    def _attach_one(self, fp) -> bool:
+        entry, ret = handler_names(fp.func_id)
+        try:
+            self._bpf.attach_kprobe(event=fp.symbol, fn_name=entry)
+            self._bpf.attach_kretprobe(event=fp.symbol, fn_name=ret, maxactive=self.maxactive)
+            self.attach.attached.append(fp.name)
+            return True
+        except Exception as err:  # bcc raises bare Exception on attach failure
+            self.attach.failed[fp.name] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            return False
+
     def attach_all(self):
+        """Attach every planned function whose code is loaded; queue those of modules not loaded yet."""
+        self._t_attach = time.monotonic()
         for fp in self.plan.probed():
-            entry, ret = handler_names(fp.func_id)
-            try:
-                self._bpf.attach_kprobe(event=fp.symbol, fn_name=entry)
-                self._bpf.attach_kretprobe(event=fp.symbol, fn_name=ret, maxactive=self.maxactive)
-                self.attach.attached.append(fp.name)
-            except Exception as err:  # bcc raises bare Exception on attach failure
-                self.attach.failed[fp.name] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            if fp.status == MODULE_NOT_LOADED:
+                self.pending.setdefault(fp.module, []).append(fp)
+                continue
+            self._attach_one(fp)
         self.progress(f"attached kprobe+kretprobe to {len(self.attach.attached)} functions"
-                      + (f", {len(self.attach.failed)} failed" if self.attach.failed else ""))
-        if not self.attach.attached:
+                      + (f", {len(self.attach.failed)} failed" if self.attach.failed else "")
+                      + (f"; waiting for modules {', '.join(self.pending)}" if self.pending else ""))
+        if not self.attach.attached and not self.pending:
             raise ProbeError("no probe could be attached: " + "; ".join(f"{k}: {v}" for k, v in self.attach.failed.items()))
+
+    def attach_arrived(self) -> list[str]:
+        """Attach the queued functions of modules that are loaded now (``Live`` in /proc/modules).
+
+        Called from the poll thread (the only thread using bcc while recording).
+        An attached function becomes ``traceable`` in the plan, with the time of
+        arrival in its reason; the module's BTF, when the kernel has it, gives its
+        argument facts. Returns the modules that arrived.
+        """
+        live = self.loaded_modules() if self.pending else set()
+        came = [m for m in self.pending if m in live]
+        for mod in came:
+            t = round(time.monotonic() - self._t_attach, 3)
+            self.arrived[mod] = t
+            fps = self.pending.pop(mod)
+            self._configure_late(mod, fps)
+            ok = [fp.name for fp in fps if self._attach_one(fp)]
+            for fp in fps:
+                if fp.name in ok:
+                    fp.status = "traceable"
+                    fp.reason = f"in module {mod}, attached when {mod} arrived {t:.1f} s into the run"
+            self.progress(f"module {mod} arrived after {t:.1f} s: attached {len(ok)} of {len(fps)} functions")
+        return came
+
+    def _configure_late(self, mod: str, fps) -> None:
+        """Argument facts (skb, net_device) of a late module's functions from its BTF, best effort."""
+        try:
+            from .btf import load_kernel_btf  # noqa: PLC0415
+            from .plan import _btf_facts  # noqa: PLC0415
+
+            btf = load_kernel_btf([mod])
+            table = self._bpf["func_cfg"]
+            for fp in fps:
+                _btf_facts(fp, btf)
+                table[ctypes.c_int(fp.func_id)] = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1,
+                                                          netdev_arg=fp.netdev_arg or 0)
+        except Exception as err:  # noqa: BLE001 - the probes still attach without argument facts
+            self.progress(f"module {mod}: no argument facts from BTF ({err})")
 
     def _on_event(self, _ctx, data, _size):
         ev = ctypes.cast(data, ctypes.POINTER(CallpathEvent)).contents
@@ -122,6 +186,9 @@ class Recorder:
         try:
             while not self._stop.is_set():
                 self._bpf.ring_buffer_poll(100)
+                if self.pending and time.monotonic() >= self._next_check:
+                    self._next_check = time.monotonic() + 0.05
+                    self.attach_arrived()
             self._bpf.ring_buffer_consume()
         except BaseException as err:  # surfaced in __exit__
             self._poll_error = err

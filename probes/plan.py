@@ -8,8 +8,16 @@ Each kernel function named by the specs is resolved against kallsyms and
   ``foo.part.0``); the traceable clone is probed and named;
 * ``not-traceable``: the symbol exists but ftrace does not list it (``notrace``,
   ``__init`` code freed after boot) or kprobes blacklist it;
-* ``absent``: not in kallsyms: inlined into its callers, or renamed/removed
-  (a known successor is named).
+* ``absent``: not in kallsyms: inlined into its callers, or renamed/removed;
+* ``module-not-loaded``: not in kallsyms because the module that defines it
+  (:mod:`probes.modindex`, from the release's module files) is not loaded; with
+  ``late_attach`` it still gets a slot, and the loader attaches it when the
+  module arrives during the run.
+
+For an ``absent`` or ``not-traceable`` function, :mod:`probes.successors`
+looks for what runs in its place (cited renames, ``__name``/``name``
+derivations checked against kallsyms and BTF); a successor found is probed in
+a slot of its own, after every documented function, marked ``successor_of``.
 
 Statements and pointer labels never reach the plan (see :mod:`analysis.calltext`).
 """
@@ -18,12 +26,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..analysis.kernelfacts import known_successor
+from .successors import describe_missing, find_successor
 from ..analysis.spec import Spec
 from .kernel import KernelSymbols
+from .modindex import fix_command, home_modules
 
 #: The most functions one program can watch; bpf/callpath.bpf.c defines this many slots.
 MAX_FUNCS = 128
+#: Plan status (and verdict) of a function whose module is not loaded.
+MODULE_NOT_LOADED = "module-not-loaded"
 
 
 @dataclass
@@ -32,7 +43,8 @@ class FunctionPlan:
 
     Attributes:
         name: the documented name.
-        status: ``traceable`` | ``clone`` | ``not-traceable`` | ``absent``.
+        status: ``traceable`` | ``clone`` | ``not-traceable`` | ``absent`` |
+            ``module-not-loaded`` (``module`` names it; a slot means "attach on arrival").
         symbol: the kallsyms symbol to attach to (the clone's name for ``clone``).
         module: ``vmlinux`` or the module that holds the symbol.
         func_id: the slot id events carry (0-based), ``None`` unless probed.
@@ -40,7 +52,11 @@ class FunctionPlan:
         skb_depth: 1 for ``struct sk_buff *``, 2 for ``struct sk_buff **``.
         netdev_arg: 1-based argument that carries a ``struct net_device *``, or None.
         params: parameter names from BTF, ``[]`` when unknown.
-        successor: for ``absent``, a likely replacement present in kallsyms.
+        successor: for ``absent`` / ``not-traceable``, the function found to run
+            in its place (:func:`probes.successors.find_successor`), or None.
+        successor_reason: how the successor was found and what backs it.
+        successor_of: set on an entry the plan added only as the successor of
+            the named documented function (not itself documented).
         reason: one line a person can read.
         return_type: C spelling of the return type from BTF (``"int"``,
             ``"struct net_device *"``, ``"void"``), None when unknown.
@@ -53,6 +69,8 @@ class FunctionPlan:
         observed_by: mechanisms other than the kprobe program that recorded
             this function (``function_graph`` at boot, ``kprobe_events`` during
             module load); such a function is matched even when not kprobe-able.
+        tracking: probed only for packet identity (an skb free or clone
+            function, :mod:`analysis.packets`), not named by any document.
     """
 
     name: str
@@ -71,6 +89,9 @@ class FunctionPlan:
     boot_only: bool = False
     return_names: dict[str, str] = field(default_factory=dict)
     observed_by: list[str] = field(default_factory=list)
+    successor_reason: str = ""
+    successor_of: str | None = None
+    tracking: bool = False
 
     @property
     def probed(self) -> bool:
@@ -82,12 +103,15 @@ class ProbePlan:
     """The plan for one kernel: ``functions`` keyed by documented name.
 
     ``mechanism`` is ``kprobe`` (kprobe/kretprobe pairs); ``release`` the kernel.
+    ``fields``: the kernel struct fields the BPF program reads and where BTF
+    put them (:func:`probes.fields.resolve_fields`), ``{}`` until resolved.
     """
 
     release: str
     mechanism: str
     functions: dict[str, FunctionPlan] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    fields: dict[str, dict] = field(default_factory=dict)
 
     def probed(self) -> list[FunctionPlan]:
         """Functions that get a probe, in slot order."""
@@ -99,6 +123,7 @@ class ProbePlan:
             "mechanism": self.mechanism,
             "functions": {k: asdict(v) for k, v in self.functions.items()},
             "skipped": list(self.skipped),
+            "fields": {k: dict(v) for k, v in self.fields.items()},
         }
 
     @classmethod
@@ -108,11 +133,57 @@ class ProbePlan:
             mechanism=data.get("mechanism", "kprobe"),
             functions={k: FunctionPlan(**v) for k, v in data["functions"].items()},
             skipped=list(data.get("skipped", [])),
+            fields={k: dict(v) for k, v in data.get("fields", {}).items()},
         )
 
 
-def resolve_function(name: str, syms: KernelSymbols) -> FunctionPlan:
-    """Resolve one documented function against the kernel's symbols (no BTF, no slot)."""
+def resolve_function(name: str, syms: KernelSymbols, btf=None, home: list[str] | None = None,
+                     index=None) -> FunctionPlan:
+    """Resolve one documented function against the kernel's symbols (no slot).
+
+    ``btf`` (a ``probes.btf.BtfIndex`` or None) is consulted only to name a
+    successor (:func:`probes.successors.find_successor`) for an ``absent`` or
+    ``not-traceable`` function. ``home``: the modules that define ``name``
+    when kallsyms lacks it (:func:`probes.modindex.home_modules`); ``index``
+    the :class:`probes.modindex.ModuleIndex` (tells ``__init`` code apart).
+    """
+    fp = _resolve(name, syms)
+    if fp.status == "absent" and home:
+        _module_home(fp, home, syms, index)
+    if fp.status in ("absent", "not-traceable") and not fp.boot_only:
+        succ = find_successor(name, syms, btf)
+        if succ:
+            fp.successor, fp.successor_reason = succ.name, succ.reason
+            if fp.status == "absent":
+                fp.reason = f"not in kallsyms; successor {succ.name}: {succ.reason}"
+        elif fp.status == "absent":
+            fp.reason = describe_missing(name, syms, btf)
+    if fp.status == "absent" and home and len(home) > 1:
+        fp.reason += f"; static copies exist in modules {', '.join(home)} (none loaded, none on this document's path)"
+    return fp
+
+
+def _module_home(fp: FunctionPlan, home: list[str], syms: KernelSymbols, index) -> None:
+    """Turn an ``absent`` entry whose function a module defines into what that module's state says (in place)."""
+    if len(home) > 1:
+        return  # several static copies, none on this document's path: the reason says so later
+    mod = fp.module = home[0]
+    init = index is not None and index.is_init(mod, fp.name)
+    loaded = mod in syms.text.values()
+    if init:
+        fp.status, fp.boot_only = ("not-traceable", True) if loaded else (MODULE_NOT_LOADED, True)
+        fp.reason = (f"module init (__init) of {mod}: runs once while {mod} loads, its code is freed afterwards"
+                     + ("" if loaded else f"; {mod} is not loaded"))
+    elif loaded:
+        fp.reason = f"{mod} is loaded but kallsyms lacks {fp.name}, which its module file defines"
+    else:
+        clones = [] if index is None or fp.name in index.functions else \
+            sorted(c for c in index.clones_in(fp.name, mod) if ".cold" not in c)
+        fp.status, fp.symbol = MODULE_NOT_LOADED, (clones[0] if clones else fp.name)
+        fp.reason = f"in module {mod}, not loaded when the plan was made; {fix_command(mod)}"
+
+
+def _resolve(name: str, syms: KernelSymbols) -> FunctionPlan:
     def listed(sym: str) -> bool:
         return (not syms.traceable_known or sym in syms.traceable) and sym not in syms.blacklist
 
@@ -134,13 +205,33 @@ def resolve_function(name: str, syms: KernelSymbols) -> FunctionPlan:
     if clones:
         return FunctionPlan(name, "not-traceable", symbol=clones[0], module=syms.text.get(clones[0]),
                             reason=f"only clones {', '.join(clones)}, none traceable")
-    succ = known_successor(name, syms.text)
-    if succ:
-        return FunctionPlan(name, "absent", successor=succ[0], reason=f"not in kallsyms: {succ[1]}")
-    return FunctionPlan(name, "absent", reason="not in kallsyms: inlined into its callers, or renamed/removed in this kernel")
+    return FunctionPlan(name, "absent", reason="not in kallsyms")
 
 
-def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int = MAX_FUNCS) -> ProbePlan:
+def _btf_facts(fp: FunctionPlan, btf) -> None:
+    """Fill ``fp``'s argument and return facts from BTF (in place)."""
+    bf = btf.function(fp.name)
+    if bf is not None and fp.status == "clone":
+        # .isra/.constprop clones may drop or reorder arguments:
+        # the BTF prototype (of the original) says nothing safe
+        # about their registers, so no argument is read
+        fp.return_type = bf.return_type
+        fp.reason += "; arguments not read (a clone's calling convention may differ)"
+    elif bf is not None:
+        fp.params = [p.name for p in bf.params]
+        fp.return_type = bf.return_type
+        fp.return_names = {str(v): n for v, n in bf.return_enum}
+        fp.netlink = any(p.target == "struct nlmsghdr" for p in bf.params)
+        skb = bf.skb_arg()
+        if skb and skb[0] <= 6:
+            fp.skb_arg, fp.skb_depth = skb
+        nd = bf.netdev_arg()
+        if nd and nd <= 6:
+            fp.netdev_arg = nd
+
+
+def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int = MAX_FUNCS,
+               index=None, late_attach: bool = False, tracking: bool = False) -> ProbePlan:
     """Build the probe plan for all functions named in ``specs``.
 
     Args:
@@ -148,50 +239,83 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
         syms: the target kernel's symbols (:func:`probes.kernel.load_symbols`).
         btf: a ``probes.btf.BtfIndex`` for argument facts, or None.
         max_funcs: slots available in the BPF program.
+        index: the release's :class:`probes.modindex.ModuleIndex`, or None:
+            names the module of functions kallsyms lacks.
+        late_attach: give ``module-not-loaded`` functions (not ``__init``) a
+            slot too, for the loader to attach when their module arrives.
+        tracking: also probe the packet-tracking functions
+            (``analysis.packets.TRACKING_FUNCTIONS``: ``kfree_skbmem``,
+            ``skb_clone`` ...) that are traceable, with ``tracking=True``.
 
     Returns:
-        A ProbePlan; probed functions get consecutive ``func_id`` slots. When more
-        than ``max_funcs`` are traceable the rest are listed in ``skipped``.
+        A ProbePlan; probed functions get consecutive ``func_id`` slots, documented
+        functions first, then successors (entries with ``successor_of`` set). When
+        more than ``max_funcs`` are traceable the rest are listed in ``skipped``.
     """
     plan = ProbePlan(release=syms.release, mechanism="kprobe")
     next_id = 0
     for spec in specs:
+        homes = home_modules(spec.functions(), index, syms.text, syms.clones)
         for name in spec.functions():
             if name in plan.functions:
                 continue
-            fp = resolve_function(name, syms)
+            fp = resolve_function(name, syms, btf, homes.get(name), index)
             if btf is not None and fp.status == "absent":
                 bf = btf.function(name)
                 if bf is not None and bf.module != "vmlinux":
                     # in the module's BTF but not in kallsyms: a module __init
                     # function, whose code is freed once the module has loaded
                     fp.status, fp.boot_only, fp.module = "not-traceable", True, bf.module
+                    fp.successor, fp.successor_reason = None, ""
                     fp.reason = (f"module init (__init) of {bf.module}: runs once at module load, "
                                  "its code is freed afterwards")
             if btf is not None and fp.symbol:
-                bf = btf.function(name)
-                if bf is not None and fp.status == "clone":
-                    # .isra/.constprop clones may drop or reorder arguments:
-                    # the BTF prototype (of the original) says nothing safe
-                    # about their registers, so no argument is read
-                    fp.return_type = bf.return_type
-                    fp.reason += "; arguments not read (a clone's calling convention may differ)"
-                elif bf is not None:
-                    fp.params = [p.name for p in bf.params]
-                    fp.return_type = bf.return_type
-                    fp.return_names = {str(v): n for v, n in bf.return_enum}
-                    fp.netlink = any(p.target == "struct nlmsghdr" for p in bf.params)
-                    skb = bf.skb_arg()
-                    if skb and skb[0] <= 6:
-                        fp.skb_arg, fp.skb_depth = skb
-                    nd = bf.netdev_arg()
-                    if nd and nd <= 6:
-                        fp.netdev_arg = nd
-            if fp.status in ("traceable", "clone"):
+                _btf_facts(fp, btf)
+            if fp.status in ("traceable", "clone") or (late_attach and fp.status == MODULE_NOT_LOADED
+                                                         and not fp.boot_only):
                 if next_id < max_funcs:
                     fp.func_id = next_id
                     next_id += 1
                 else:
                     plan.skipped.append(name)
             plan.functions[name] = fp
+    # successors of absent / not-traceable functions: probed after every
+    # documented function, so they never take a documented function's slot
+    for fp in list(plan.functions.values()):
+        if not fp.successor or fp.successor in plan.functions:
+            continue
+        sp = resolve_function(fp.successor, syms)
+        if sp.status not in ("traceable", "clone"):
+            continue
+        sp.successor_of = fp.name
+        sp.reason = f"successor of {fp.name}: {fp.successor_reason}"
+        if btf is not None:
+            _btf_facts(sp, btf)
+        if next_id < max_funcs:
+            sp.func_id = next_id
+            next_id += 1
+        else:
+            plan.skipped.append(sp.name)
+        plan.functions[sp.name] = sp
+    if tracking:
+        _add_tracking(plan, syms, btf, next_id, max_funcs)
     return plan
+
+
+def _add_tracking(plan: ProbePlan, syms: KernelSymbols, btf, next_id: int, max_funcs: int) -> None:
+    """Probe the skb free and fork functions of :mod:`analysis.packets` (packet
+    identity), after every documented function and successor, marked ``tracking``."""
+    from ..analysis.packets import TRACKING_FUNCTIONS
+
+    for name in TRACKING_FUNCTIONS:
+        if name in plan.functions or next_id >= max_funcs:
+            continue
+        tp = resolve_function(name, syms)
+        if tp.status != "traceable":
+            continue
+        if btf is not None:
+            _btf_facts(tp, btf)
+        tp.tracking, tp.func_id = True, next_id
+        tp.reason = "packet tracking (skb free / clone): not documented, never a step"
+        next_id += 1
+        plan.functions[name] = tp

@@ -30,12 +30,10 @@ from pathlib import Path
 from ..analysis.spec import Spec
 from . import boottrace, kernel
 from .btf import BtfError, load_kernel_btf
+from .fields import resolve_fields
 from .loader import Recorder
-from .plan import build_plan
-
-#: Modules of the drivers the shipped documents cover; loaded (when available)
-#: before planning so their functions are in kallsyms and BTF.
-DRIVER_MODULES = ["veth", "macvlan", "macvtap", "ipvlan", "ipvtap"]
+from .modindex import documented_modules, fix_command, index_or_none, modules_to_load
+from .plan import MODULE_NOT_LOADED, build_plan
 
 
 class RecordError(RuntimeError):
@@ -62,7 +60,7 @@ def check_can_record() -> None:
 
 
 def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path,
-                      boot_graph: str | None = None) -> list[tuple[list[tuple], str]]:
+                      boot_graph: str | None = None, index=None) -> list[tuple[list[tuple], str]]:
     """Evidence for run-once code: the boot call graph, module init under kprobe events.
 
     The raw ftrace text is kept in ``raw_dir`` (``boot-graph.txt``,
@@ -79,17 +77,25 @@ def _capture_run_once(specs, tracefs, meta, cleanup, progress, raw_dir: Path,
         meta["boot_graph"] = {"calls": stats["calls"], "functions": len(stats["functions"]),
                               "unmatched_closes": stats["unmatched_closes"]}
         out.append((rows, "function_graph"))
-    init_paths = boottrace.module_init_paths(specs)
+    init_paths = boottrace.module_init_paths(specs, index)
     if init_paths:
         text, _clones, _init = kernel.read_kallsyms()
         for module, functions in init_paths.items():
-            cleanup.callback(subprocess.run, ["modprobe", "-r", module], capture_output=True, timeout=60)
-            rows, notes, raw = boottrace.capture_module_init(tracefs, module, functions, text, progress)
+            cleanup.callback(kernel.unload_module, module)
+            rows, notes, raw = boottrace.capture_module_init(tracefs, module, functions, text, progress, index)
             (raw_dir / f"module-init-{module}.txt").write_text(raw)
             progress(f"module init of {module}: {len(rows)} kprobe events" + (f" ({'; '.join(notes)})" if notes else ""))
             meta.setdefault("module_init", {})[module] = {"events": len(rows), "notes": notes}
             out.append((rows, "kprobe_events"))
     return out
+
+
+def _settle_late_modules(plan) -> None:
+    """After the run: functions whose module never arrived lose their slot and say so."""
+    for fp in plan.functions.values():
+        if fp.status == MODULE_NOT_LOADED:
+            fp.func_id = None
+            fp.reason = f"module {fp.module} not loaded during the run; {fix_command(fp.module)}"
 
 
 def _raise_terminated(signum, _frame):
@@ -108,6 +114,7 @@ def record(
     ringbuf_pages: int = 1024,
     where: str = "",
     boot_graph: str | None = None,
+    load_modules: bool = False,
     progress=lambda m: None,
 ) -> Path:
     """Probe the functions of ``specs`` while traffic flows; write the trace.
@@ -124,6 +131,11 @@ def record(
         where: a note on where this runs (``"lab VM"``), kept in the metadata.
         boot_graph: a file holding the boot-time function_graph trace, saved
             before Python started (lab VM); else tracefs is read if it has one.
+        load_modules: load the modules that define documented functions
+            (:func:`probes.modindex.modules_to_load`) before planning, and unload
+            them at the end. Without it no module is loaded: functions of modules
+            that arrive during the run (the user's command loads them) are
+            attached on arrival, the others get the ``module-not-loaded`` verdict.
         progress: callable taking one status line.
 
     Returns:
@@ -145,20 +157,30 @@ def record(
     try:
         with contextlib.ExitStack() as cleanup:
             tracefs = cleanup.enter_context(kernel.mounted_tracefs())
+            index = index_or_none(meta["kernel"], progress)
             if tracefs:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, Path(out).parent, boot_graph))
-            progress(f"kernel {meta['kernel']}: loading driver modules {', '.join(DRIVER_MODULES)}")
-            modules = cleanup.enter_context(kernel.modules_loaded(DRIVER_MODULES, progress))
-            meta["modules"] = modules
+                once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, Path(out).parent, boot_graph,
+                                              index))
             progress("reading kallsyms and available_filter_functions")
             syms = kernel.load_symbols()
+            wanted = modules_to_load(specs, index, syms.text, syms.clones)
+            if wanted and load_modules:
+                progress(f"loading the modules that define documented functions: {', '.join(wanted)}")
+                meta["modules"] = cleanup.enter_context(kernel.modules_loaded(wanted, progress))
+                syms = kernel.load_symbols()
+            elif wanted:
+                progress(f"modules not loaded: {', '.join(wanted)}; their functions are attached if they arrive "
+                         "during the run (--load-modules loads them first)")
             try:
-                btf = load_kernel_btf([m for m in DRIVER_MODULES])
+                btf = load_kernel_btf(documented_modules(specs, syms.text, syms.clones))
             except BtfError as err:
                 progress(f"no BTF ({err}); skb arguments unknown, latency limited")
                 btf = None
-            plan = build_plan(specs, syms, btf)
+            plan = build_plan(specs, syms, btf, index=index, late_attach=True, tracking=True)
+            plan.fields = resolve_fields(btf, syms.release)
+            progress("kernel fields: " + ", ".join(f"{k} @{v['offset']}" for k, v in plan.fields.items())
+                     + f" ({next(iter(plan.fields.values()))['source']})")
             for rows, mechanism in once:
                 for name in {r[-1] for r in rows}:
                     if name in plan.functions and mechanism not in plan.functions[name].observed_by:
@@ -198,6 +220,9 @@ def record(
                 meta["recorded_s"] = round(time.monotonic() - t0, 3)
             meta["workloads"] = results
             meta["lost"] = rec.lost
+            meta["modules_arrived"] = rec.arrived
+            _settle_late_modules(plan)
+            meta["plan"] = plan.to_dict()
             # pandas/pyarrow are imported only now: importing them costs tens of
             # seconds under TCG emulation, better spent after the recording
             from ..analysis.trace import Trace, concat_events, events_from_rows, write_trace  # noqa: PLC0415

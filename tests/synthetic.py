@@ -36,19 +36,36 @@ class EventBuilder:
     def events(self) -> pd.DataFrame:
         return events_from_rows(self.rows, {v: k for k, v in self.ids.items()})
 
-    def plan(self, absent=(), not_traceable=(), skb=(), probed=()):
+    def plan(self, absent=(), not_traceable=(), skb=(), probed=(), successors=None, unprobed=(), omit=()):
         """A plan dict (ProbePlan.to_dict()['functions'] shape) for every function used,
-        plus ``probed`` names that were probed but never called."""
+        plus ``probed`` names that were probed but never called.
+
+        ``successors``: documented name -> successor (the documented name must be in
+        ``absent`` or ``not_traceable``; the successor is probed, ``successor_of`` set).
+        ``unprobed``: traceable names planned without a slot. ``omit``: names left out
+        of the plan altogether (a trace recorded for other documents).
+        """
+        successors = successors or {}
         out = {}
         for name in probed:
             self._id(name)
+        for succ in successors.values():
+            self._id(succ)
         for name, i in self.ids.items():
             out[name] = {"status": "traceable", "symbol": name, "func_id": i, "skb_arg": 1 if name in skb else None,
                          "reason": "synthetic"}
+        for doc, succ in successors.items():
+            out[succ]["successor_of"] = doc
         for name in absent:
             out[name] = {"status": "absent", "symbol": None, "func_id": None, "reason": "not in kallsyms", "successor": None}
         for name in not_traceable:
             out[name] = {"status": "not-traceable", "symbol": name, "func_id": None, "reason": "notrace"}
+        for doc, succ in successors.items():
+            out[doc]["successor"] = succ
+        for name in unprobed:
+            out[name] = {"status": "traceable", "symbol": name, "func_id": None, "reason": "no slot left"}
+        for name in omit:
+            out.pop(name, None)
         return out
 
 

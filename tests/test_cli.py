@@ -49,8 +49,9 @@ def test_command_after_double_dash(monkeypatch):
     monkeypatch.setattr(cli, "cmd_record", lambda a: seen.update(specs=a.specs, out=a.out, command=a.command) or 0)
     assert main(["record", "s1", "s2", "--out", "t.parquet", "--", "./traffic.sh", "-n", "3"]) == 0
     assert seen == {"specs": ["s1", "s2"], "out": "t.parquet", "command": ["./traffic.sh", "-n", "3"]}
-    assert cli._traffic_kwargs(type("A", (), {"workload": None, "packets": 5, "duration": None, "until_interrupt": False,
-                                              "command": ["x"], "ringbuf_pages": 64})())["command"] == ["x"]
+    traffic = cli._traffic(type("A", (), {"workload": None, "packets": 5, "duration": None, "until_interrupt": False,
+                                          "command": ["x"], "ringbuf_pages": 64})())
+    assert traffic.kwargs()["command"] == ["x"] and traffic.argv()[-2:] == ["--", "x"]
 
 
 def test_sigterm_ends_a_command_like_ctrl_c(monkeypatch, capsys):

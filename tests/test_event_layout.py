@@ -29,3 +29,56 @@ def test_header_matches_ctypes_mirror(tmp_path):
     assert int(out.pop("size")) == ctypes.sizeof(CallpathEvent) == 72
     for f in FIELDS:
         assert int(out[f]) == getattr(CallpathEvent, f).offset, f
+
+
+# ------------------------------------------------- the program compiles for every lab kernel
+_COMPILE = """
+import sys
+from bcc import BPF
+from callpath.bpf import PROGRAM
+from callpath.probes.btf import load_kernel_btf
+from callpath.probes.fields import resolve_fields
+from callpath.probes.loader import bpf_cflags
+fields = resolve_fields(load_kernel_btf(), "running kernel")  # real offsets: the reads are compiled in
+b = BPF(src_file=str(PROGRAM).encode(), cflags=bpf_cflags(256, fields))
+for name in ("on_entry", "on_return", "entry_0_0", "ret_15_7"):
+    b.load_func(name, BPF.KPROBE)  # the running kernel's verifier accepts them
+print("compiled and loaded")
+"""
+
+
+def _lab_releases():
+    from callpath.probes.labvm import list_lab_kernels
+
+    return [k.release for k in list_lab_kernels() if k.headers]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("release", _lab_releases() or ["none"])
+def test_program_compiles_against_each_lab_kernels_headers(release, tmp_path):
+    """bcc compiles bpf/callpath.bpf.c against each installed lab kernel's headers, on this
+    machine, in a second (a lab VM run takes minutes). bcc reads /lib/modules/$(uname -r)/build:
+    a private mount namespace shows it the lab kernel's headers there instead."""
+    import os
+    import sys
+
+    if release == "none":
+        pytest.skip("no lab kernel with headers installed")
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (a private mount namespace)")
+    pytest.importorskip("bcc")
+    if not os.access("/sys/kernel/btf/vmlinux", os.R_OK):
+        pytest.skip("the running kernel has no BTF")
+    fake = tmp_path / "modules" / os.uname().release
+    fake.mkdir(parents=True)
+    for link in ("build", "source"):
+        target = os.path.realpath(f"/lib/modules/{release}/{link}")
+        if os.path.exists(target):
+            (fake / link).symlink_to(target)
+    script = tmp_path / "compile.py"
+    script.write_text(_COMPILE)
+    res = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /lib/modules && exec "$2" "$3"', "sh",
+                          str(tmp_path / "modules"), sys.executable, str(script)],
+                         capture_output=True, text=True, timeout=300)
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert res.returncode == 0 and "compiled and loaded" in res.stdout, (release, errors or res.stderr[-2000:])

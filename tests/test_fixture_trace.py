@@ -160,3 +160,26 @@ def test_real_ftrace_text_fixtures():
     events = {"cp_p0": ("macvtap_init", 0), "cp_r0": ("macvtap_init", 1)}
     got = parse_kprobe_events(text, events)
     assert [(g[-1], g[2], g[10]) for g in got] == [("macvtap_init", 0, 0), ("macvtap_init", 1, 0)]
+
+
+def test_real_trace_has_no_defects(results):
+    forest, _ = results
+    assert forest.unterminated == forest.lost_returns + forest.open_at_end
+    assert forest.time_backwards == 0 and forest.time_backwards_first is None
+    assert (forest.frames["duration_ns"].dropna() >= 0).all()
+
+
+def test_real_trace_over_a_document_it_was_not_recorded_for(trace, tmp_path, capsys):
+    doc = tmp_path / "bridge.txt"
+    doc.write_text("1. br_forward(to, skb, local_rcv, local_orig)\n1.1 __br_forward(to, skb, local_orig)\n"
+                   "1.1.1 br_dev_queue_push_xmit(net, sk, skb)\n1.1.1.1 dev_forward_skb(dev, skb)\n")
+    out = tmp_path / "r"
+    assert main(["report", str(FIXTURE), "--spec", str(doc), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["not_recorded"] == ["br_forward", "__br_forward", "br_dev_queue_push_xmit"]
+    (path,) = report["paths"]
+    # dev_forward_skb ran many times in this trace (veth, macvlan, ipvlan), never under the bridge:
+    # nothing is claimed either way
+    assert [s["verdict"] for s in path["steps"]] == ["not-recorded"] * 4
+    assert path["summary"]["observed"] == 0 and path["summary"]["checkable"] == 0
+    assert "br_forward" in capsys.readouterr().err

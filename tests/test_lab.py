@@ -33,7 +33,10 @@ def _lab_kernel():
     if os.geteuid() != 0:
         pytest.skip("the lab VM run needs root (QEMU with the host's files, modules)")
     try:
-        kernel = labvm.choose_kernel()
+        # the verdicts below were measured on Debian's 6.1: pin it when installed
+        # (choose_kernel() alone picks the newest, e.g. 6.12; tests/test_lab_kernels.py covers both)
+        pinned = [k for k in labvm.list_lab_kernels() if k.headers and k.release.startswith("6.1.")]
+        kernel = pinned[0] if pinned else labvm.choose_kernel()
         labvm.find_vng()
     except labvm.LabError as err:
         pytest.skip(f"no lab VM here: {err}")
@@ -45,7 +48,7 @@ def lab_report(tmp_path_factory):
     kernel = _lab_kernel()
     out = tmp_path_factory.mktemp("lab-verify")
     rc = main(["verify", SPEC, NOTES, BOOT, "--workload", "macvlan", "--workload", "veth",
-               "--packets", "20", "--out", str(out)])
+               "--packets", "20", "--kernel", kernel.release, "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     return kernel, out, report
@@ -82,8 +85,9 @@ def test_macvlan_transmit_verdicts(lab_report):
         assert steps[fn]["verdict"] == "observed", (fn, steps[fn])
         assert steps[fn]["count"] >= 20  # 20 unicast datagrams m0 -> m1 at least
     assert steps["macvlan_hash_lookup"]["evidence"][-2:] == ["macvlan_start_xmit", "macvlan_hash_lookup"]
-    assert steps["netif_rx_ni"]["verdict"] == "absent"
-    assert "netif_rx" in steps["netif_rx_ni"]["detail"]
+    # removed in v5.18: its successor netif_rx is probed and judged on its own calls
+    assert steps["netif_rx_ni"]["verdict"] in ("successor-observed", "not-exercised")
+    assert steps["netif_rx_ni"]["successor"] == "netif_rx" and "netif_rx" in steps["netif_rx_ni"]["detail"]
     if kernel.release.startswith("6.1."):
         assert steps["macvlan_queue_xmit"]["verdict"] == "absent"
 

@@ -58,7 +58,8 @@ def test_statuses(result):
     assert st["foo_clone"]["status"] == "clone" and st["foo_clone"]["symbol"] == "foo_clone.isra.0"
     assert st["gone_fn"]["status"] == "absent" and st["gone_fn"]["successor"] is None
     assert "skb" not in st  # a statement is never linted as a function
-    assert doc["counts"] == {"traceable": 1, "clone": 1, "boot-only": 1, "not-traceable": 0, "absent": 2, "present": 0}
+    assert doc["counts"] == {"traceable": 1, "clone": 1, "boot-only": 1, "not-traceable": 0, "module-not-loaded": 0,
+                             "absent": 2, "present": 0}
     assert result["absent"] == 2
 
 
@@ -96,7 +97,32 @@ def test_lint_cli_on_this_kernel(capsys):
     (doc,) = out["documents"]
     names = [f["function"] for f in doc["functions"]]
     assert len(names) == len(set(names)) and "macvlan_start_xmit" in names
-    assert {f["status"] for f in doc["functions"]} <= {"traceable", "clone", "boot-only", "not-traceable", "absent", "present"}
+    assert {f["status"] for f in doc["functions"]} <= {"traceable", "clone", "boot-only", "not-traceable",
+                                                       "module-not-loaded", "absent", "present"}
+    assert all(f["module"] for f in doc["functions"] if f["status"] != "absent")  # every function's module named
     st = {f["function"]: f for f in doc["functions"]}
     assert st["netif_rx_ni"]["status"] == "absent"  # removed in v5.18: absent on any current kernel
     assert rc == 1
+
+
+def test_lint_names_modules_and_which_are_not_loaded():
+    """A function of a module that is not loaded: its own status, the module named, the fix given; not absent."""
+    from callpath.probes.modindex import ModuleIndex
+
+    index = ModuleIndex(release="t")
+    index.add("bridge", "kernel/net/bridge/bridge.ko", ["br_handle_frame", "br_forward"])
+    index.add("veth", "kernel/drivers/net/veth.ko", ["veth_xmit"])
+    syms = KernelSymbols(release="t", text={"veth_xmit": "veth", "netif_rx": "vmlinux"},
+                         traceable={"veth_xmit", "netif_rx"}, traceable_known=True)
+    spec = parse_outline("1. br_handle_frame(skb)\n1.1 br_forward(a)\n2. veth_xmit(skb, dev)\n2.1 netif_rx(skb)\n",
+                         "b.txt")
+    result = lint([spec], build_plan([spec], syms, index=index), True)
+    st = {f["function"]: f for f in result["documents"][0]["functions"]}
+    assert st["br_handle_frame"]["status"] == "module-not-loaded"
+    assert (st["br_forward"]["module"], st["br_forward"]["module_loaded"]) == ("bridge", False)
+    assert (st["veth_xmit"]["module"], st["veth_xmit"]["module_loaded"]) == ("veth", True)
+    assert (st["netif_rx"]["module"], st["netif_rx"]["module_loaded"]) == ("vmlinux", None)
+    assert result["absent"] == 0 and result["modules_not_loaded"] == {"bridge": ["br_handle_frame", "br_forward"]}
+    text = render_text(result)
+    assert "br_forward [bridge, not loaded]" in text and "veth_xmit [veth, loaded]" in text
+    assert "module bridge is not loaded" in text and "modprobe bridge" in text

@@ -129,3 +129,73 @@ def test_any_bytes_give_a_spec_or_one_line_error(tmp_path_factory, data):
         read_spec(f)
     except SpecError as err:
         assert "\n" not in str(err) and str(err).startswith(str(f) + ":")
+
+
+# --- size and shape extremes (issue 8): no traceback, one-line errors, warnings not guesses ---
+
+from callpath.analysis.calltext import _CALLEE_RE, _callee_start, parse_step_text  # noqa: E402
+
+WILD = st.text(alphabet=st.sampled_from(list("ab_1 ().,->=*&`|<>#\x00\x1b\x07\t\u202e\né")), max_size=60)
+DEEP_NUMBER = st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=120).map(
+    lambda xs: ".".join(map(str, xs)))
+
+
+@settings(deadline=None, max_examples=150)
+@given(WILD)
+def test_callee_scan_equals_the_regex(text):
+    for end in [i for i, ch in enumerate(text) if ch == "("] or [len(text)]:
+        m = _CALLEE_RE.search(text[:end])
+        assert _callee_start(text, end) == (m.start(1) if m else None)
+
+
+@settings(deadline=None, max_examples=150)
+@given(WILD)
+def test_step_text_never_probes_a_non_identifier(text):
+    parsed = parse_step_text(text)
+    assert all(_CALLEE_RE.fullmatch(f) and "->" not in f and "." not in f for f in parsed.chain)
+    assert (parsed.kind == "call") == bool(parsed.chain)
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.one_of(
+    st.builds(lambda n, t: f"{n} {t}", DEEP_NUMBER, WILD),
+    st.builds(lambda n: f"{n}. f_x(" + "(" * n + ")", st.integers(0, 3000)),  # unbalanced, deep
+    st.text(alphabet=st.characters(max_codepoint=0x10FFFF, exclude_categories=["Cs"]), max_size=200),
+    st.just("1. " + "a" * 20_000 + "(x)"),
+), max_size=30))
+def test_outline_extremes(lines):
+    text = "\n".join(lines)
+    try:
+        spec = parse_outline(text, "x.txt")
+    except SpecError as err:
+        assert "\n" not in str(err) and str(err).startswith("x.txt:")
+        return
+    check_structure(spec)
+    for p in spec.paths:
+        for s in p.steps:
+            assert len(s.number.split(".")) <= 64
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 400), st.integers(0, 400), st.booleans())
+def test_prose_deep_and_wide(depth, width, continuation):
+    lines = ["T", "## h"] + [" " * i + f"- `f{i}` calls `g{i}`" for i in range(depth)]
+    lines += [f"- `w{i}` sets up x" + ("\n  more text" if continuation else "") for i in range(width)]
+    spec = parse_prose("\n".join(lines), "p.md")
+    check_structure(spec)
+    assert len(spec.paths) == 1 + width
+
+
+@settings(deadline=None, max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000).map(lambda b: b"1. f_a(x)\n" + b))
+def test_control_bytes_and_nuls_are_one_line_errors_or_a_spec(tmp_path_factory, data):
+    f = tmp_path_factory.mktemp("c") / "doc.txt"
+    f.write_bytes(data)
+    try:
+        spec = read_spec(f)
+    except SpecError as err:
+        assert "\n" not in str(err)
+        if b"\x00" in data:
+            assert "NUL byte" in str(err)
+        return
+    check_structure(spec)

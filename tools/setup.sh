@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-APT_PKGS=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64 python3-bpfcc bpfcc-tools python3-venv kmod)
+APT_PKGS=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64 python3-bpfcc bpfcc-tools python3-venv kmod chromium chromium-driver python3-selenium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +27,36 @@ else
   say "apt: all Debian packages present"
 fi
 
+# A newer Debian kernel beside 6.1, so documents can be compared across kernels
+# (`callpath verify --kernel all`). NEW_KERNEL=RELEASE picks one, NEW_KERNEL=none skips.
+# The bcc program needs no kernel-internal header (field offsets come from BTF),
+# so Debian 12's bcc 0.26 compiles it against these headers too.
+NEW_KERNEL=${NEW_KERNEL:-}
+if [ "$NEW_KERNEL" != none ]; then
+  have=$(for d in /lib/modules/6.12.*+deb12-amd64; do [ -e "$d/build" ] && [ -e "/boot/vmlinuz-${d##*/}" ] && echo "${d##*/}"; done 2>/dev/null | sort -V | tail -n1)
+  if [ -z "$NEW_KERNEL" ] && [ -n "$have" ]; then
+    say "apt: newer lab kernel $have present"
+  else
+    if [ -z "$NEW_KERNEL" ]; then
+      NEW_KERNEL=$(apt-cache search --names-only '^linux-headers-6\.12\.[0-9]+\+deb12-amd64$' 2>/dev/null \
+                   | awk '{print $1}' | sed 's/^linux-headers-//' | sort -V | tail -n1)
+      NEW_KERNEL=${NEW_KERNEL:-6.12.117+deb12-amd64}
+    fi
+    if [ -e "/lib/modules/$NEW_KERNEL/build" ] && [ -e "/boot/vmlinuz-$NEW_KERNEL" ]; then
+      say "apt: newer lab kernel $NEW_KERNEL present"
+    elif [ "$(id -u)" != 0 ]; then
+      say "newer lab kernel $NEW_KERNEL missing (run as root, or: sudo apt-get install linux-image-$NEW_KERNEL-unsigned linux-headers-$NEW_KERNEL)"; exit 1
+    else
+      say "apt: installing newer lab kernel $NEW_KERNEL with its headers beside the other lab kernels (a minute or two)"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -q --no-install-recommends "linux-image-$NEW_KERNEL-unsigned" "linux-headers-$NEW_KERNEL" \
+          >/tmp/callpath-apt-kernel.log 2>&1 \
+        || { say "apt refused linux-image-$NEW_KERNEL-unsigned / linux-headers-$NEW_KERNEL (NEW_KERNEL=none skips it); last lines of /tmp/callpath-apt-kernel.log:"
+             tail -n 20 /tmp/callpath-apt-kernel.log >&2; exit 1; }
+    fi
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   say "venv: creating $VENV from /usr/bin/python3 with --system-site-packages (for bcc)"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
@@ -41,5 +71,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 else
   say "venv: $VENV up to date"
 fi
-lab=$(ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | tail -n1)
-say "ready: lab kernel ${lab:-none}, running kernel $(uname -r)"
+labs=$(for k in /boot/vmlinuz-*; do r=${k#/boot/vmlinuz-}; [ -e "/lib/modules/$r/build" ] && echo "$r"; done 2>/dev/null | sort -V | tr '\n' ' ')
+say "ready: lab kernels ${labs:-none}(with headers), running kernel $(uname -r)"
