@@ -2,7 +2,7 @@
 VENV ?= .venv
 OUT ?= callpath-report
 
-.PHONY: setup demo test unit clean cleanup
+.PHONY: setup demo test unit clean cleanup debuginfo
 
 setup:
 	@VENV=$(VENV) bash tools/setup.sh
@@ -17,6 +17,11 @@ test: setup
 
 unit: setup
 	$(VENV)/bin/python -m pytest -v -rs -m "not lab and not root"
+
+# DWARF of the modules the shipped specs need, for RELEASE (default: every lab kernel with headers);
+# `make setup` runs it too (DEBUGINFO=none skips). Inlined steps are then probed at their inline sites.
+debuginfo:
+	@VENV=$(VENV) tools/fetch-debuginfo.sh $(or $(RELEASE),$(shell for k in /boot/vmlinuz-*; do r=$${k#/boot/vmlinuz-}; [ -e /lib/modules/$$r/build ] && echo $$r; done))
 
 cleanup:
 	$(VENV)/bin/callpath cleanup

@@ -9,13 +9,15 @@ all made from the same documents. Output (``report-kernels.json`` / ``.md``):
 
   - ``appeared`` / ``vanished``: in kallsyms on later / only on earlier kernels;
   - ``renamed``: vanished, and a successor is in kallsyms (``netif_rx_ni`` -> ``netif_rx``);
-  - ``inlined`` : absent from kallsyms on a kernel while its BTF still lists it
-    is not decidable from a plan; ``absent`` plans say "inlined or removed";
+  - ``inlined``: on some kernel not a function of its own but inline sites of
+    it were found (plan status ``inlined``, from DWARF); ``absent`` alone means
+    "inlined or removed" (no debug info said which);
   - ``clone``: now only a compiler clone (``.isra``/``.constprop``) is there;
   - ``traceability``: present on both but traceable on one only (notrace, blacklist);
   - ``signature``: the BTF parameters or return type differ;
   - ``module``: moved between vmlinux and a module;
-  - ``absent everywhere``: no kernel has it (no drift, but the document is stale).
+  - ``absent everywhere`` / ``inlined everywhere``: the same on every kernel
+    (no drift, but the document names no callable function there).
 
 Kernels are ordered oldest first by release (natural sort), so ``appeared``
 and ``vanished`` read in time order. Nothing here imports probes or bcc.
@@ -61,14 +63,18 @@ def _state(fp: dict | None) -> str:
         return f"clone {fp['symbol']}"
     if s == "absent" and fp.get("successor"):
         return f"absent (successor {fp['successor']})"
+    if s == "inlined":
+        return f"inlined ({len(fp.get('inline_sites') or [])} sites)"
     return s
 
 
-def function_drift(plans: dict[str, dict]) -> list[dict]:
+def function_drift(plans: dict[str, dict], documented: set[str] | None = None) -> list[dict]:
     """What changed per function between kernels.
 
     Args:
         plans: label -> plan functions (``report["plan"]``), oldest kernel first.
+        documented: only these functions (the documents' steps); None: every planned
+            one (plans also hold helpers probed for packet tracking, which are no step).
 
     Returns:
         ``[{"function", "changes": [str], "kinds": [str], "per_kernel": {label: {"state", "signature", "module"}}}]``
@@ -80,12 +86,21 @@ def function_drift(plans: dict[str, dict]) -> list[dict]:
     out = []
     order = list(plans)
     for name in names:
+        if documented is not None and name not in documented:
+            continue
         per = {k: plans[k].get(name) for k in order}
         kinds: list[str] = []
         changes: list[str] = []
         present = [k for k in order if per[k] and per[k]["status"] in PRESENT]
         absent = [k for k in order if per[k] and per[k]["status"] == "absent"]
-        if not present and absent:
+        inlined = [k for k in order if per[k] and per[k]["status"] == "inlined"]
+        if inlined and not present and not absent:
+            kinds.append("inlined everywhere")
+            changes.append("inlined on every kernel")
+        elif inlined:
+            kinds.append("inlined")
+            changes.append("; ".join(f"{_state(per[k])} on {k}" for k in order if per[k]))
+        if not present and absent and not inlined:
             kinds.append("absent everywhere")
             succ = {per[k].get("successor") for k in absent} - {None}
             changes.append("absent on every kernel" + (f" (successor {', '.join(sorted(succ))})" if succ else ""))
@@ -189,7 +204,8 @@ def compare_reports(reports: list[dict], report_dirs: list[str] | None = None) -
         "where": {k: r.get("where", "") for k, r in by.items()},
         "events": {k: r.get("events", 0) for k, r in by.items()},
         "fields": {k: r.get("fields", {}) for k, r in by.items()},
-        "drift": function_drift({k: r.get("plan", {}) for k, r in by.items()}),
+        "drift": function_drift({k: r.get("plan", {}) for k, r in by.items()},
+                                {s["function"] for p in paths for s in p["steps"] if s.get("function")}),
         "paths": paths,
         "changed_steps": sum(s["changed"] for p in paths for s in p["steps"]),
     }

@@ -64,6 +64,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .calltree import CallForest
+from .instants import is_inlined, site_detail
+from .matching import nested_in, shortest_chain, sibling_order
 from .spec import Path, Spec, Step
 
 VERDICTS = ("observed", "observed-out-of-order", "successor-observed", "not-exercised", "not-recorded",
@@ -195,11 +197,6 @@ def _ancestry(path: Path, step: Step) -> list[Step]:
     return list(reversed(chain))
 
 
-def _is_subsequence(needle: list[str], hay: list[str]) -> bool:
-    it = iter(hay)
-    return all(any(h == n for h in it) for n in needle)
-
-
 class Matcher:
     """Matches the steps of specs against one :class:`CallForest`.
 
@@ -274,6 +271,8 @@ class Matcher:
         unrecorded: list[str] = []
         callers = [f for anc in _ancestry(path, step) for f in anc.chain] + list(step.chain[:-1])
         for f in callers:
+            if is_inlined(self.plan.get(f)):
+                continue  # issue 10 hook: an inlined caller's frames are instants, they enclose nothing
             s = self.stand_in(f)
             if s:
                 if not req or req[-1] != s:
@@ -291,36 +290,20 @@ class Matcher:
         """Recorded functions that must enclose the step's landing frame, outermost first."""
         return self.requirement(path, step)[0]
 
-    def _nested(self, req: list[str], anc: list[int], proven: bool) -> bool:
-        """``req`` is a subsequence of the functions of ``anc`` (frame ids, outermost first);
-        with ``proven``, only complete frames may serve."""
-        it = iter(anc)
-        f = self.forest
-        return all(any(f.function_of(a) == n and (not proven or f.is_complete(a)) for a in it) for n in req)
-
-    def match_frames(self, path: Path, step: Step, target: str | None = None) -> tuple[list[int], list[str], int]:
+    def match_frames(self, path: Path, step: Step, target: str | None = None) -> tuple[np.ndarray, list[str], int]:
         """Frames of ``target`` (default: the step's function) inside the documented callers.
 
         Returns:
-            ``(frames, required, unproven)``: frames whose nesting is proven by
-            complete ancestor frames; the requirement; and how many more frames
-            matched only through ancestor frames without their own return.
+            ``(frames, required, unproven)``: ids (int64 array, start order) of
+            frames whose nesting is proven by complete ancestor frames; the
+            requirement; and how many more frames matched only through ancestor
+            frames without their own return.
         """
         req, _ = self.requirement(path, step)
         target = target or step.function
-        out = []
-        unproven = 0
-        for fid in self._frames(target):
-            fid = int(fid)
-            if not req:
-                out.append(fid)
-                continue
-            anc = list(reversed(self.forest.ancestors(fid)))
-            if self._nested(req, anc, proven=True):
-                out.append(fid)
-            elif self._nested(req, anc, proven=False):
-                unproven += 1
-        return out, req, unproven
+        frames = self._frames(target)
+        proven, anywhere = nested_in(self.forest, frames, req)
+        return frames[proven], req, int((anywhere & ~proven).sum())
 
     def _static_verdict(self, step: Step) -> tuple[str, str] | None:
         if step.kind != "call" or not step.function:
@@ -383,19 +366,19 @@ class Matcher:
                 res.successor, res.symbol = target, tp.get("symbol")
                 lead = _relation(step.function, fp.get("status", ""), fp.get("reason", "")) + f"; successor `{target}` "
             matched[step.number] = frames
-            if frames:
+            if len(frames):
                 res.verdict = "successor-observed" if via else "observed"
                 res.count = len(frames)
                 # the shortest satisfying chain reads best
-                best = min(frames, key=lambda f: (len(self.forest.ancestors(f)), f))
+                best = shortest_chain(self.forest, frames)
                 res.evidence = self.forest.chain(best)
                 res.mechanism = str(self.forest.frames.at[best, "mechanism"])
-                durations = self.forest.frames.loc[frames, "duration_ns"].dropna()
+                durations = self.forest.frames["duration_ns"].iloc[frames].dropna()
                 durations = durations[durations >= 0]
                 res.mean_ns = float(durations.mean()) if len(durations) else None
                 if returns_value(tp.get("return_type")):
                     names = tp.get("return_names") or {}
-                    fr = self.forest.frames.loc[frames]
+                    fr = self.forest.frames[["mechanism", "complete", "retval"]].iloc[frames]
                     # function_graph records durations, not return values
                     rv = fr.loc[(fr["mechanism"] != "function_graph") & fr["complete"].astype(bool), "retval"]
                     rv = rv.dropna().astype("int64").value_counts()
@@ -411,6 +394,8 @@ class Matcher:
                 else:
                     calls = f"{len(frames)} call{'s' if len(frames) != 1 else ''}"
                     res.detail = f"{calls} {self._where(req)}"
+                    if is_inlined(fp):  # issue 10 hook: the inline sites are the evidence
+                        res.detail = site_detail(fp, self.forest.frames, frames) + f"; {self._where(req)}"
             else:
                 res.verdict = "not-exercised"
                 anywhere = len(self._frames(target))
@@ -425,7 +410,10 @@ class Matcher:
                 else:
                     why = "never ran in this run"
                 res.detail = f"{lead}recorded, {why}" if via else why
-            if unproven and frames:
+                if is_inlined(fp):  # issue 10 hook
+                    n_sites = sum(x.get("func_id") is not None for x in fp.get("inline_sites", []))
+                    res.detail = f"inlined; probed at {n_sites} inline sites: {why}"
+            if unproven and len(frames):
                 res.detail += (f"; {unproven} more call{'s' if unproven != 1 else ''} only through caller frames "
                                "without their own return (nesting not proven, not counted)")
             results[step.number] = res
@@ -433,21 +421,12 @@ class Matcher:
         return PathResult(number=path.number, name=path.name, source=path.source, trigger=path.trigger,
                           steps=[results[s.number] for s in path.steps])
 
-    def _instance_of(self, fid: int, anchor: str | None) -> int:
-        """The nearest enclosing frame of function ``anchor`` (the caller call), or -1."""
-        if anchor is None:
-            return -1
-        for a in self.forest.ancestors(fid):
-            if self.forest.function_of(a) == anchor:
-                return a
-        return -1
-
-    def _check_order(self, path: Path, results: dict[str, StepResult], matched: dict[str, list[int]]) -> None:
-        """Compare the order of documented siblings within each call of their caller."""
-        starts = self.forest.frames["start_ns"].to_numpy() if len(self.forest.frames) else np.empty(0)
+    def _check_order(self, path: Path, results: dict[str, StepResult], matched: dict[str, np.ndarray]) -> None:
+        """Compare the order of documented siblings within each call of their caller
+        (:func:`analysis.matching.sibling_order`)."""
         by_parent: dict[str | None, list[Step]] = {}
         for s in path.steps:
-            if s.number in matched and matched[s.number]:
+            if s.number in matched and len(matched[s.number]):
                 by_parent.setdefault(s.parent, []).append(s)
         for parent, sibs in by_parent.items():
             if len(sibs) < 2:
@@ -456,27 +435,9 @@ class Matcher:
             anchor = req[-1] if req else None
             if anchor is None:
                 continue
-            per_instance: dict[int, dict[str, list[int]]] = {}
-            for s in sibs:
-                for fid in matched[s.number]:
-                    inst = self._instance_of(fid, anchor)
-                    per_instance.setdefault(inst, {}).setdefault(s.number, []).append(int(starts[fid]))
-            for inst, occ in per_instance.items():
-                if inst < 0 or len(occ) < 2:
-                    continue
-                t = -1
-                used: dict[str, set[int]] = {}
-                for s in sibs:
-                    times = sorted(occ.get(s.number, []))
-                    if not times:
-                        continue
-                    later = [x for x in times if x > t and x not in used.setdefault(s.function, set())]
-                    if later:
-                        t = later[0]
-                        used[s.function].add(t)
-                        results[s.number].in_order += 1
-                    else:
-                        results[s.number].out_of_order += 1
+            for s, (ok, bad) in zip(sibs, sibling_order(self.forest, [matched[s.number] for s in sibs], anchor)):
+                results[s.number].in_order += ok
+                results[s.number].out_of_order += bad
         for r in results.values():
             if r.verdict == "observed" and r.out_of_order and r.out_of_order >= r.in_order:
                 r.verdict = "observed-out-of-order"

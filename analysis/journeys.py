@@ -34,6 +34,7 @@ import pandas as pd
 
 from .calltree import CallForest
 from .conformance import Matcher
+from .journey_columns import journeys_of
 from .packets import Packets
 from .spec import Path
 
@@ -155,36 +156,11 @@ def path_journeys(path: Path, plan: dict[str, dict], packets: Packets,
     if not len(calls) or entry is None:
         return PathJourneys(entry, exits, pd.DataFrame(columns=VISIT_COLUMNS), pd.DataFrame(columns=JOURNEY_COLUMNS))
     calls = calls.sort_values(["packet", "start_ns"], kind="stable")
-    visits, journeys = [], []
     n_steps = len({n for n, _ in steps})
-    for packet, g in calls.groupby("packet", sort=True):
-        rows = g.to_dict("records")
-        runs: list[list[dict]] = []
-        for r in rows:
-            r["step"] = matched[int(r["frame"])] if matched is not None else step_of[r["function"]]
-            if not runs or r["step"] == entry:
-                runs.append([])
-            runs[-1].append(r)
-        run = max(runs, key=lambda rr: (len({x["step"] for x in rr}), -runs.index(rr)))
-        distinct = {x["step"] for x in run}
-        first, last = run[0], run[-1]
-        if distinct == {entry} and n_steps > 1:
-            status, reason = "entry-only", "seen only at the entry step"
-        elif first["step"] == entry and last["step"] in exits:
-            status, reason = "complete", ""
-        elif first["step"] != entry:
-            status, reason = "partial", f"entry step {entry} not seen (first seen at {first['step']} {first['function']})"
-        else:
-            status, reason = "partial", f"not seen after {last['step']} {last['function']} (not a last step)"
-        latency = float(last["start_ns"] - first["start_ns"]) if status == "complete" else np.nan
-        journeys.append([int(packet), status, reason, first["step"], last["step"], int(first["start_ns"]),
-                         int(last["start_ns"]), latency,
-                         len(distinct), len({x["tid"] for x in run}), len({x["cpu"] for x in run})])
-        for i, r in enumerate(run):
-            visits.append([int(packet), i, r["step"], r["function"], int(r["start_ns"]), int(r["tid"]), int(r["cpu"]),
-                           int(r["ifindex"]), int(r["netns"]), r["via"], int(r["frame"])])
-    return PathJourneys(entry, exits, pd.DataFrame(visits, columns=VISIT_COLUMNS),
-                        pd.DataFrame(journeys, columns=JOURNEY_COLUMNS))
+    step = calls["frame"].map(matched) if matched is not None else calls["function"].astype(object).map(step_of)
+    # whole columns, no loop per packet (issue 11; the loop it replaced: tests/reference_journeys.py)
+    visits, journeys = journeys_of(calls, step.to_numpy(), entry, exits, n_steps)
+    return PathJourneys(entry, exits, visits, journeys)
 
 
 def _q(series: pd.Series, q: float) -> float | None:

@@ -59,6 +59,9 @@ FORK_FUNCTIONS = ("skb_clone", "skb_copy", "skb_copy_expand", "__pskb_copy_fclon
 #: Every packet-tracking function (probed for identity, never a documented step by itself).
 TRACKING_FUNCTIONS = FREE_FUNCTIONS + FORK_FUNCTIONS
 
+#: Assign packets on whole columns (:mod:`analysis.packet_columns`); False runs the per-call loop below.
+COLUMNAR = True
+
 #: Default idle time that ends an address's lifetime in ``address-window`` mode (ns).
 DEFAULT_WINDOW_NS = 200_000_000
 
@@ -134,11 +137,16 @@ def assign_packets(forest: CallForest, plan: dict[str, dict], window_ns: int = D
     if not len(fr):
         return empty
     netlink = {n for n, fp in plan.items() if fp.get("netlink")}
-    kp = fr[(fr["mechanism"] == "kprobe") & ~fr["function"].isin(netlink)]
+    kp = fr.loc[(fr["mechanism"] == "kprobe") & ~fr["function"].isin(netlink),  # the columns used: less to copy
+                ["frame", "function", "skb", "start_ns", "end_ns", "complete", "retval"]]
     has_skb = kp[kp["skb"] != 0]
     frees = has_skb[has_skb["function"].isin(FREE_FUNCTIONS)]
     if mode is None:
         mode = "tracked" if len(frees) else "address-window"
+    if COLUMNAR:  # issue 11: the same rules on whole columns (analysis/packet_columns.py); the loop below is its reference
+        from .packet_columns import assign_columns  # noqa: PLC0415
+
+        return assign_columns(forest, kp, has_skb, frees, mode, window_ns)
 
     # one time-ordered stream of address events: calls (at entry) and fork births (at return)
     stream: list[tuple[int, int, int, int]] = []  # (ts, order, frame, kind) kind 0 call, 1 fork-birth
@@ -152,7 +160,7 @@ def assign_packets(forest: CallForest, plan: dict[str, dict], window_ns: int = D
 
     skb_of = fr["skb"].to_numpy()
     func_of = fr["function"].to_numpy()
-    dev_of = list(zip(fr["ifindex"].to_numpy(), fr["netns"].to_numpy()))
+    ifindex_of, netns_of = fr["ifindex"].to_numpy().tolist(), fr["netns"].to_numpy().tolist()
     lifetimes: list[list] = []
     current: dict[int, int] = {}  # address -> lifetime
     last_seen: dict[int, int] = {}
@@ -186,7 +194,7 @@ def assign_packets(forest: CallForest, plan: dict[str, dict], window_ns: int = D
         fn = func_of[fid]
         lid = current.get(addr)
         if lid is not None and mode == "address-window" and fn not in TRACKING_FUNCTIONS:
-            key = (fn, *dev_of[fid])
+            key = (fn, ifindex_of[fid], netns_of[fid])
             if ts - last_seen[addr] > window_ns:
                 end(addr, "idle")
                 lid = None
@@ -196,7 +204,7 @@ def assign_packets(forest: CallForest, plan: dict[str, dict], window_ns: int = D
         if lid is None:
             lid = start(addr, ts, None, "first-seen")
         if fn not in TRACKING_FUNCTIONS:
-            seen_keys[lid].add((fn, *dev_of[fid]))
+            seen_keys[lid].add((fn, ifindex_of[fid], netns_of[fid]))
         lifetime_of_frame[fid] = lid
         last_seen[addr] = ts
         lifetimes[lid][5] = ts

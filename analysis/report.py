@@ -29,25 +29,37 @@ from .latency import hot_path_functions, latency_stats, packet_samples
 from .html_report import write_html
 from .journeys import report_blocks
 from .packets import assign_packets
-from .plots import write_histograms, write_path_plots
+from .plots import draw, histogram_jobs, path_plot_jobs
 from .spec import Spec
 from .textsafe import md_code, md_markup, md_text, terminal
 from .trace import Trace
 
 
-def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = None) -> dict:
+def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = None,
+                 plot_jobs: list | None = None, release_events: bool = False) -> dict:
     """Analyse ``trace`` against ``specs``; write PNGs into ``out_dir`` when given.
+
+    ``plot_jobs``: a list to append the planned PNGs to (for :func:`analysis.plots.draw`)
+    instead of drawing them here; the report names them all the same.
+    ``release_events``: empty ``trace.events`` once the call trees are built (they are
+    not needed after; for callers that are done with the trace: less peak memory).
 
     Returns:
         the report as a JSON-serialisable dict (layout in the module docstring).
     """
     forest = build_forest(trace.events)
+    n_events = int(len(trace.events))
+    if release_events:
+        trace.events = trace.events.iloc[0:0].copy()  # a slice would keep the columns alive
     plan = trace.meta.get("plan", {}).get("functions", {})
     failed = trace.meta.get("attach_failed", {})
     results = check_specs(specs, forest, plan, failed)
     samples = packet_samples(forest, hot_path_functions(plan))
     stats = latency_stats(samples)
-    plots = write_histograms(samples, stats, out_dir) if out_dir is not None and len(stats) else {}
+    jobs: list = []
+    plots = {}
+    if out_dir is not None:
+        plots, jobs = histogram_jobs(samples, stats)
     packets = assign_packets(forest, plan)
     blocks = report_blocks(specs, forest, plan, packets, failed)
     paths = []
@@ -57,9 +69,14 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
             d["spec"] = spec.source
             pj, d["packets"] = blocks[len(paths)]
             if out_dir is not None and d["packets"]["count"]:
-                d["packets"]["plots"] = write_path_plots(str(len(paths)), f"{pr.number}. {pr.name[:40]}",
-                                                         pj.complete()["latency_ns"].to_numpy(), d["packets"], out_dir)
+                d["packets"]["plots"], more = path_plot_jobs(str(len(paths)), f"{pr.number}. {pr.name[:40]}",
+                                                             pj.complete()["latency_ns"].to_numpy(), d["packets"])
+                jobs += more
             paths.append(d)
+    if plot_jobs is not None:
+        plot_jobs.extend(jobs)
+    elif jobs:
+        draw(jobs, out_dir)
     latency = []
     for row in stats.to_dict("records"):
         row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
@@ -70,7 +87,7 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
         "kernel": trace.kernel,
         "mechanism": trace.meta.get("mechanism", "kprobe"),
         "where": trace.meta.get("where", ""),
-        "events": int(len(trace.events)),
+        "events": n_events,
         "lost": int(trace.meta.get("lost", 0)),
         "orphan_returns": forest.orphan_returns,
         "unterminated": forest.unterminated,
@@ -88,7 +105,28 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
         "packet_identity": {"mode": packets.mode, "how": packets.describe(), "lifetimes": int(len(packets.lifetimes)),
                             "free_events": packets.free_events, "fork_events": packets.fork_events},
         "verdict_vocabulary": list(VERDICTS),
+        # issue 10: inlined functions probed at their inline sites (analysis/instants.py)
+        "inline_sites": inline_site_rows(forest, plan),
+        "inline": trace.meta.get("inline", {"checked": False, "note": ""}),
     }
+
+
+def inline_site_rows(forest, plan: dict[str, dict]) -> list[dict]:
+    """Per inlined function: its probed sites and how often each fired. An inline site has
+    no return, so no duration: ``latency`` is the fixed text ``"inline site: no return"``."""
+    fr = forest.frames
+    slots = fr.loc[fr["mechanism"].astype(object) == "inline-site", "site_slot"] if "site_slot" in fr else pd.Series([], dtype="int64")
+    counts = slots.value_counts()
+    out = []
+    for name, fp in plan.items():
+        if fp.get("status") != "inlined":
+            continue
+        sites = [{"probe": x.get("probe"), "source": f"{x.get('file') or '?'}:{x.get('line')}",
+                  "count": int(counts.get(x["func_id"], 0)) if x.get("func_id") is not None else None}
+                 for x in fp.get("inline_sites", [])]
+        out.append({"function": name, "count": sum(x["count"] or 0 for x in sites), "sites": sites,
+                    "latency": "inline site: no return"})
+    return out
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -173,6 +211,15 @@ def render_markdown(report: dict) -> str:
                          f"{r['p99_ns']:,.0f} | {r['max_ns']:,.0f} | {plot} |")
     else:
         lines.append("No packet-handling function completed a call in this trace.")
+    for r in report.get("inline_sites", []):
+        seen = ", ".join(f"{_md_escape(x['probe'])} {x['count']}×" for x in r["sites"] if x["count"] is not None)
+        lines.append(f"- {_md_code(r['function'])}: inline site: no return (entry only, no duration); "
+                     f"{r['count']} hits ({seen or 'no site probed'})")
+    if report.get("inline", {}).get("note"):
+        lines += ["", f"Inlining: {_md_escape(report['inline']['note'])}"]
+    elif not report.get("inline", {}).get("checked"):
+        lines += ["", "Inlining could not be checked (no DWARF looked at): absent functions may be inlined or "
+                  "removed; install the kernel's debug info (`tools/fetch-debuginfo.sh RELEASE`) or pass --debuginfo DIR."]
     lines += ["", "## Probe plan", "", "| function | status | symbol | module | skb arg | reason |", "|---|---|---|---|---|---|"]
     for name, fp in report["plan"].items():
         lines.append(f"| {_md_code(name)} | {_md_escape(fp['status'])} | {_md_escape(fp.get('symbol') or '')} | "
@@ -213,12 +260,26 @@ def _packets_markdown(report: dict) -> list[str]:
     return lines
 
 
-def write_report(trace: Trace, specs: list[Spec], out_dir: str | Path) -> dict:
-    """Write ``report.json``, ``report.md``, ``report.html`` and the PNGs into ``out_dir``; return the report dict."""
+def write_report(trace: Trace, specs: list[Spec], out_dir: str | Path, plot_jobs: list | None = None,
+                 release_events: bool = False) -> dict:
+    """Write ``report.json`` and ``report.md``, then the PNGs and ``report.html`` (which embeds
+    them) into ``out_dir``; return the report dict.
+
+    ``plot_jobs``: a list to leave the PNGs in instead (then the caller draws them with
+    :func:`analysis.plots.draw` and writes ``report.html`` with :func:`finish_report`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(trace, specs, out_dir)
+    jobs = [] if plot_jobs is None else plot_jobs
+    report = build_report(trace, specs, out_dir, plot_jobs=jobs, release_events=release_events)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
-    write_html(report, out_dir)
+    if plot_jobs is None:
+        finish_report(report, out_dir, jobs)
     return report
+
+
+def finish_report(report: dict, out_dir: str | Path, plot_jobs: list, workers: int = 1) -> None:
+    """Draw the report's PNGs into ``out_dir`` (``workers`` processes) and write ``report.html``."""
+    draw(plot_jobs, out_dir, workers)
+    write_html(report, out_dir)

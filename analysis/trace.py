@@ -20,6 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,11 +46,18 @@ SCHEMA = pa.schema(
     ]
 )
 
+#: String columns: :func:`read_trace` returns them as pandas categoricals (dictionary-encoded).
+STRING_COLUMNS = ("function", "comm", "mechanism")
+#: :data:`SCHEMA` with the string columns dictionary-encoded (what :func:`read_trace` reads into).
+READ_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in STRING_COLUMNS else f
+                         for f in SCHEMA])
+
 #: How an event was recorded (the ``mechanism`` column).
 MECHANISMS = {
     "kprobe": "kprobe/kretprobe with bcc, ring buffer",
     "function_graph": "ftrace function_graph tracer at boot (kernel command line)",
     "kprobe_events": "tracefs kprobe events while the module loaded",
+    "inline-site": "entry-only kprobe at an inline site (symbol+offset from DWARF), no return",
 }
 
 
@@ -135,6 +143,10 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
 def read_trace(path: str | Path) -> Trace:
     """Read a trace written by :func:`write_trace` (a trace file or a folder holding ``trace.parquet``).
 
+    Returns:
+        a :class:`Trace` whose events have the columns of :data:`SCHEMA`; the
+        :data:`STRING_COLUMNS` are pandas categoricals (about 60 bytes per event).
+
     Raises:
         TraceError: the file does not exist, is not a regular file, is not Parquet,
             lacks callpath metadata, its metadata fails :func:`check_meta`, or its
@@ -154,23 +166,62 @@ def read_trace(path: str | Path) -> Trace:
     if not stat.S_ISREG(mode):
         raise TraceError(f"{path}: not a regular file (a trace is a Parquet file)")
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path, read_dictionary=list(STRING_COLUMNS))
+        schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as err:
         raise TraceError(f"{path}: not a Parquet trace ({str(err).splitlines()[0] if str(err) else err!r})") from None
-    raw = (table.schema.metadata or {}).get(META_KEY)
+    raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceError(f"{path}: Parquet file without callpath metadata (not written by callpath)")
     meta = check_meta(raw, str(path))
-    if "mechanism" not in table.column_names:  # traces written before the column existed
-        table = table.append_column("mechanism", pa.array(["kprobe"] * table.num_rows, pa.string()))
-    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    # traces written before the mechanism column existed: every event is a kprobe's
+    missing = [n for n in SCHEMA.names if n not in schema.names and n != "mechanism"]
     if missing:
         raise TraceError(f"{path}: trace lacks columns {', '.join(missing)}")
     try:
-        events = table.select(SCHEMA.names).cast(SCHEMA).to_pandas()
-    except (pa.ArrowException, ValueError) as err:
+        events = _read_events(pf, [n for n in SCHEMA.names if n in schema.names])
+    except (pa.ArrowException, ValueError, OSError) as err:
         raise TraceError(f"{path}: columns of the wrong type ({str(err).splitlines()[0]})") from None
     return Trace(events=events, meta=meta)
+
+
+def _read_events(pf: pq.ParquetFile, columns: list[str], batch_rows: int = 1 << 20) -> pd.DataFrame:
+    """The event table of ``pf``, decoded a batch at a time straight into numpy arrays
+    (peak memory: the table plus one batch). String columns become categoricals with
+    one dictionary for the whole file. Raises ValueError on nulls or wrong types."""
+    n = pf.metadata.num_rows
+    out: dict[str, np.ndarray] = {f.name: np.empty(n, dtype=f.type.to_pandas_dtype())
+                                  for f in SCHEMA if f.name not in STRING_COLUMNS}
+    codes = {c: np.empty(n, dtype=np.int32) for c in STRING_COLUMNS}
+    names: dict[str, dict[str, int]] = {c: {} for c in STRING_COLUMNS}
+    pool = pa.default_memory_pool()
+    if "mechanism" not in columns:
+        names["mechanism"]["kprobe"] = 0
+        codes["mechanism"][:] = 0
+    at = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
+        k = batch.num_rows
+        for name in columns:
+            col = batch.column(name)
+            if col.null_count:
+                raise ValueError(f"column {name} has {col.null_count} missing values")
+            if name in STRING_COLUMNS:
+                if not pa.types.is_dictionary(col.type):
+                    col = col.cast(pa.string()).dictionary_encode()
+                known = names[name]
+                remap = np.array([known.setdefault(str(v), len(known)) for v in col.dictionary.cast(pa.string()).to_pylist()]
+                                 + [-1], dtype=np.int32)
+                codes[name][at:at + k] = remap[col.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+            else:
+                out[name][at:at + k] = col.cast(SCHEMA.field(name).type).to_numpy(zero_copy_only=False)
+        at += k
+        del batch
+        pool.release_unused()  # arrow's allocator keeps freed pages otherwise: the peak would be the file decoded twice
+    if at != n:
+        raise ValueError(f"{at} rows decoded, {n} in the file footer")
+    for c in STRING_COLUMNS:
+        out[c] = pd.Categorical.from_codes(codes.pop(c), categories=pd.Index(list(names[c]), dtype=str))
+    return pd.DataFrame({name: out[name] for name in SCHEMA.names}, copy=False)
 
 
 def _type_name(value) -> str:

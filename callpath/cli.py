@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "The lab VM always loads them")
     v.add_argument("--json", action="store_true", help="print the report JSON on stdout instead of the summary")
     v.add_argument("--lab-timeout", type=float, default=1500, metavar="S", help="give up on the lab VM after S seconds")
+    v.add_argument("--debuginfo", action="append", metavar="DIR",
+                   help="a folder with the kernel's DWARF (module .ko debug files, a debug root): inlined "
+                   "functions are probed at their inline sites (also searched: /usr/lib/debug, callpath's cache)")
     _add_traffic_args(v)
 
     r = sub.add_parser("record", help="record a trace on the running kernel (root, kprobes)",
@@ -92,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--load-modules", action="store_true",
                    help="load the modules that define documented functions before probing (unloaded at the end); "
                    "without it, their functions are probed if the modules arrive during the run")
+    r.add_argument("--debuginfo", action="append", metavar="DIR",
+                   help="a folder with the kernel's DWARF: inlined functions are probed at their inline sites")
     r.add_argument("--where", default="", help=argparse.SUPPRESS)
     r.add_argument("--boot-graph", metavar="FILE", help=argparse.SUPPRESS)
     r.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
@@ -104,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--spec", action="append", metavar="SPEC", help="documents to check (default: those recorded in the trace)")
     rp.add_argument("--out", metavar="DIR", help="report directory (default: the trace's directory)")
     rp.add_argument("--json", action="store_true", help="print the report JSON on stdout")
+    rp.add_argument("--jobs", type=int, metavar="N", help="several traces: analyse N at once (default: one per core)")
+    rp.add_argument("--scheduler", metavar="ADDRESS",
+                    help="analyse each trace on a Dask distributed cluster (tcp://host:8786); the traces and OUT "
+                    "must be on a file system its workers share (pip install 'callpath[dask]')")
     _add_doc_limit(rp)
 
     li = sub.add_parser("lint", help="check documents against a kernel: no traffic, no probes",
@@ -115,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     lwhere.add_argument("--kernel", metavar="RELEASE", help="lint against a lab kernel (boots the lab VM, about 1 minute)")
     lwhere.add_argument("--host", action="store_true", help="lint against the running kernel (the default)")
     li.add_argument("--json", action="store_true", help="print JSON for machines")
+    li.add_argument("--debuginfo", action="append", metavar="DIR",
+                    help="a folder with the kernel's DWARF: tells inlined functions from removed ones")
     li.add_argument("--output", metavar="FILE", help=argparse.SUPPRESS)
     _add_doc_limit(li)
     li.add_argument("--in-lab-guest", action="store_true", help=argparse.SUPPRESS)  # may load modules: our VM
@@ -141,17 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _emit_report(trace_path: Path, specs, out: Path, as_json: bool) -> int:
-    from .analysis.report import summary_lines, write_report
+def _emit_report(trace_path: Path, specs, out: Path, as_json: bool, trace=None) -> int:
+    from .analysis.report import finish_report, summary_lines, write_report
     from .analysis.trace import read_trace
 
     from .analysis.textsafe import terminal
     from .outputs import staged_dir
 
-    trace = read_trace(trace_path)
+    trace = trace if trace is not None else read_trace(trace_path)
     _progress("analysing: call trees, conformance, latency")
+    plots: list = []
     with staged_dir(out) as tmp:  # the previous report stays until this one is complete
-        report = write_report(trace, specs, tmp)
+        report = write_report(trace, specs, tmp, plot_jobs=plots, release_events=True)
+    _progress(f"{out / 'report.json'} and report.md written; drawing {len(plots)} plots and report.html")
+    with staged_dir(out) as tmp:
+        finish_report(report, tmp, plots)
     missing = report.get("not_recorded") or []
     if missing:
         _progress(f"{len(missing)} documented function{'s' if len(missing) != 1 else ''} not recorded in this trace "
@@ -213,7 +228,7 @@ def cmd_verify(args) -> int:
     if on_host:
         out.mkdir(parents=True, exist_ok=True)
         trace_path = session.verify_on_host(specs, out / "trace.parquet", traffic, _progress,
-                                            load_modules=args.load_modules)
+                                            load_modules=args.load_modules, debuginfo=args.debuginfo)
     else:
         from .probes.labvm import choose_kernels
 
@@ -223,7 +238,8 @@ def cmd_verify(args) -> int:
         lab = labs[0]
         why = "requested" if args.kernel else f"the running kernel {kernel.kernel_release()} has no kprobes"
         _progress(f"probing in a lab VM on Debian kernel {lab.release} ({why})")
-        trace_path = session.verify_in_lab(lab, given, out, traffic, _progress, args.lab_timeout, specs=specs)
+        trace_path = session.verify_in_lab(lab, given, out, traffic, _progress, args.lab_timeout, specs=specs,
+                                           debuginfo=args.debuginfo)
     _progress(f"recorded in {time.monotonic() - t0:.0f} s")
     return _emit_report(trace_path, specs, out, args.json)
 
@@ -270,7 +286,7 @@ def cmd_record(args) -> int:
 
     session.sweep(_progress)
     record(specs, Path(args.out), where=args.where, boot_graph=args.boot_graph, load_modules=args.load_modules,
-           progress=_progress, **_traffic(args).kwargs())
+           debuginfo=args.debuginfo, progress=_progress, **_traffic(args).kwargs())
     return 0
 
 
@@ -278,21 +294,20 @@ def cmd_report(args) -> int:
     from .analysis.readers import read_specs
     from .analysis.trace import read_trace
 
-    paths = [Path(t) / "trace.parquet" if Path(t).is_dir() else Path(t) for t in args.trace]
-    if len(paths) > 1:
-        from .analysis.compare import report_traces
+    from .analysis.parallel import analyse_many, trace_files
 
-        traces = [read_trace(p) for p in paths]
-        runs = [(t, read_specs(args.spec or t.meta.get("specs", []))) for t in traces]
+    paths = trace_files(args.trace)
+    if len(paths) > 1 or args.scheduler:
         out = Path(args.out or "callpath-report")
-        cmp, _ = report_traces(runs, out, _progress)
+        cmp, _ = analyse_many(paths, args.spec, out, scheduler=args.scheduler, workers=args.jobs,
+                              max_doc_bytes=args.max_doc_bytes, progress=_progress)
         _print_comparison(cmp, out, args.json)
-        return 0
+        return 1 if cmp.get("failed") else 0
     trace_path = paths[0]
-    trace = read_trace(trace_path)  # checks the metadata before anything is written
+    trace = read_trace(trace_path)  # read once; checks the metadata before anything is written
     specs = read_specs(args.spec or trace.meta.get("specs", []), args.max_doc_bytes)
     out = Path(args.out) if args.out else trace_path.parent
-    return _emit_report(trace_path, specs, out, args.json)
+    return _emit_report(trace_path, specs, out, args.json, trace=trace)
 
 
 def cmd_lint(args) -> int:
@@ -307,11 +322,12 @@ def cmd_lint(args) -> int:
 
         lab = choose_kernel(args.kernel)
         _progress(f"linting against lab kernel {lab.release} (booting the lab VM)")
-        result = session.lint_in_lab(lab, given, _progress, sources=[s.source for s in specs])
+        result = session.lint_in_lab(lab, given, _progress, sources=[s.source for s in specs],
+                                     debuginfo=args.debuginfo, specs=specs)
     elif args.in_lab_guest:
-        result = session.lint_in_guest(specs, _progress)
+        result = session.lint_in_guest(specs, _progress, args.debuginfo)
     else:
-        result = session.lint_on_host(specs, _progress)
+        result = session.lint_on_host(specs, _progress, args.debuginfo)
     text = json.dumps(result, indent=2) if args.json else render_text(result)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -458,7 +474,7 @@ def _dispatch(args) -> int:
         print(f"callpath: {_interrupted()}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for every known failure kind
-        known = ("RecordError", "ProbeError", "LabError", "WorkloadError", "KernelAccessError", "BtfError", "WorkloadTerminated",
+        known = ("ClusterError", "RecordError", "ProbeError", "LabError", "WorkloadError", "KernelAccessError", "BtfError", "WorkloadTerminated",
                  "FieldError", "SessionError", "RunStateError")
         if type(err).__name__ in known:
             print(f"callpath: error: {terminal(err)}", file=sys.stderr)

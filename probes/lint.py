@@ -18,7 +18,7 @@ from ..analysis.textsafe import terminal_lines
 from .modindex import fix_command
 from .plan import MODULE_NOT_LOADED, FunctionPlan, ProbePlan
 
-LINT_STATUSES = ("traceable", "clone", "boot-only", "not-traceable", MODULE_NOT_LOADED, "absent", "present")
+LINT_STATUSES = ("traceable", "clone", "inlined", "boot-only", "not-traceable", MODULE_NOT_LOADED, "absent", "present")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -55,6 +55,8 @@ class LintEntry:
         params: the kernel's parameter names from BTF (``[]`` unknown).
         mismatches: documented arguments that differ from ``params``.
         where: ``file:line`` of every step naming the function.
+        inlined_into: for ``inlined``: ``"symbol+offset (file:line)"`` per inline
+            site, from DWARF (:mod:`probes.inline`).
     """
 
     function: str
@@ -67,6 +69,7 @@ class LintEntry:
     params: list[str] = field(default_factory=list)
     mismatches: list[ArgumentMismatch] = field(default_factory=list)
     where: list[str] = field(default_factory=list)
+    inlined_into: list[str] = field(default_factory=list)
 
 
 def lint_status(fp: FunctionPlan, traceable_known: bool) -> str:
@@ -133,7 +136,9 @@ def lint(specs: list[Spec], plan: ProbePlan, traceable_known: bool, modules: dic
                     e = entries.get(fn)
                     if e is None:
                         e = LintEntry(fn, lint_status(fp, traceable_known), fp.symbol, fp.module,
-                                      successor=fp.successor, reason=fp.reason, params=list(fp.params))
+                                      successor=fp.successor, reason=fp.reason, params=list(fp.params),
+                                      inlined_into=[f"{x['probe']} ({x['file'] or '?'}:{x['line']})"
+                                                    for x in fp.inline_sites])
                         if fp.module and fp.module != "vmlinux":
                             e.module_loaded = fp.status != MODULE_NOT_LOADED
                         if e.module_loaded is False:
@@ -174,10 +179,14 @@ def render_text(result: dict) -> str:
             if f.get("module_loaded") is not None:
                 mod += ", loaded" if f["module_loaded"] else ", not loaded"
             lines.append(f"  {f['status']:<17} {f['function']}{sym}{succ} [{mod}]  ({f['where'][0]}: {f['reason']})")
+            for site in f.get("inlined_into", []):
+                lines.append(f"      inline site {site}")
             for m in f["mismatches"]:
                 kern = f"kernel names it {m['kernel']!r}" if m["kernel"] else "kernel takes fewer arguments"
                 lines.append(f"      step {m['step']} (line {m['line']}): argument {m['position']} "
                              f"written {m['documented']!r}, {kern}")
+    if result.get("inline_note"):
+        lines.append(f"\ninlining: {result['inline_note']}")
     for mod, fns in sorted(result.get("modules_not_loaded", {}).items()):
         lines.append(f"\nmodule {mod} is not loaded (functions {', '.join(fns)}): {fix_command(mod)}")
     return terminal_lines("\n".join(lines))

@@ -113,7 +113,29 @@ class Recorder:
             cfg = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1, netdev_arg=fp.netdev_arg or 0)
             table[ctypes.c_int(fp.func_id)] = cfg
 
+    def _attach_sites(self, fp) -> bool:
+        """Entry-only kprobes at the inline sites of an ``inlined`` function (``symbol+offset``,
+        one slot each; an inline site has no return, so no kretprobe). True when one attached."""
+        ok = []
+        for site in fp.inline_sites:
+            if site.get("func_id") is None:
+                continue
+            try:
+                self._bpf.attach_kprobe(event=site["symbol"].encode(), event_off=int(site["offset"]),
+                                        fn_name=handler_names(site["func_id"])[0])
+                ok.append(site["probe"])
+            except Exception as err:  # noqa: BLE001 - bcc raises bare Exception on attach failure
+                site["attach_error"] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+        if ok:
+            self.attach.attached.append(fp.name)
+        else:
+            self.attach.failed[fp.name] = "no inline site attached: " + "; ".join(
+                f"{s['probe']}: {s.get('attach_error', '')}" for s in fp.inline_sites if s.get("func_id") is not None)
+        return bool(ok)
+
     def _attach_one(self, fp) -> bool:
+        if fp.inline_sites:
+            return self._attach_sites(fp)
         entry, ret = handler_names(fp.func_id)
         try:
             self._bpf.attach_kprobe(event=fp.symbol, fn_name=entry)
@@ -127,8 +149,14 @@ class Recorder:
     def attach_all(self):
         """Attach every planned function whose code is loaded; queue those of modules not loaded yet."""
         self._t_attach = time.monotonic()
+        live = self.loaded_modules()
         for fp in self.plan.probed():
-            if fp.status == MODULE_NOT_LOADED:
+            # inline sites wait for their module too (all sites attach when the first missing one arrives)
+            missing = [m for m in dict.fromkeys(x.get("module") for x in fp.inline_sites if x.get("func_id") is not None)
+                       if m not in (None, "vmlinux") and m not in live]
+            if fp.status == MODULE_NOT_LOADED or missing:
+                self.pending.setdefault(fp.module if fp.status == MODULE_NOT_LOADED else missing[0], []).append(fp)
+                continue
                 self.pending.setdefault(fp.module, []).append(fp)
                 continue
             self._attach_one(fp)
@@ -156,8 +184,11 @@ class Recorder:
             ok = [fp.name for fp in fps if self._attach_one(fp)]
             for fp in fps:
                 if fp.name in ok:
-                    fp.status = "traceable"
-                    fp.reason = f"in module {mod}, attached when {mod} arrived {t:.1f} s into the run"
+                    when = f"attached when {mod} arrived {t:.1f} s into the run"
+                    if fp.inline_sites:
+                        fp.reason += f"; inline sites {when}"
+                    else:
+                        fp.status, fp.reason = "traceable", f"in module {mod}, {when}"
             self.progress(f"module {mod} arrived after {t:.1f} s: attached {len(ok)} of {len(fps)} functions")
         return came
 
@@ -170,6 +201,8 @@ class Recorder:
             btf = load_kernel_btf([mod])
             table = self._bpf["func_cfg"]
             for fp in fps:
+                if fp.inline_sites:
+                    continue  # arguments at an inline site are not read
                 _btf_facts(fp, btf)
                 table[ctypes.c_int(fp.func_id)] = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1,
                                                           netdev_arg=fp.netdev_arg or 0)

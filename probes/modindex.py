@@ -224,9 +224,11 @@ def cache_dirs() -> list[Path]:
     return [Path("/var/cache/callpath"), user] if os.geteuid() == 0 else [user]
 
 
-def _stamp(moddir: Path) -> float | None:
+def _stamp(moddir: Path) -> int | None:
+    """``modules.dep``'s mtime in whole seconds: the lab VM sees the host's files
+    over 9p, which drops the sub-second part, so a float would never match."""
     try:
-        return Path(moddir, "modules.dep").stat().st_mtime
+        return int(Path(moddir, "modules.dep").stat().st_mtime)
     except OSError:
         return None
 
@@ -257,7 +259,9 @@ def load_index(release: str, root: str = MODULES_ROOT, cache_dir: str | Path | N
             data = json.loads(Path(d, name).read_text())
         except (OSError, ValueError):
             continue
-        if data.get("format") == FORMAT and data.get("modules_dep_mtime") == stamp and data.get("root") == str(root):
+        cached_stamp = data.get("modules_dep_mtime")
+        if (data.get("format") == FORMAT and isinstance(cached_stamp, (int, float))
+                and int(cached_stamp) == stamp and data.get("root") == str(root)):
             return ModuleIndex.from_dict(data)
     idx = build_index(release, root, progress)
     data = idx.to_dict() | {"modules_dep_mtime": stamp, "root": str(root)}

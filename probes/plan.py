@@ -9,6 +9,9 @@ Each kernel function named by the specs is resolved against kallsyms and
 * ``not-traceable``: the symbol exists but ftrace does not list it (``notrace``,
   ``__init`` code freed after boot) or kprobes blacklist it;
 * ``absent``: not in kallsyms: inlined into its callers, or renamed/removed;
+* ``inlined``: not in kallsyms, but the DWARF of the documents' modules
+  (:mod:`probes.inline`) holds inline sites of it: each site gets an entry-only
+  kprobe at ``symbol+offset`` in a slot of its own (``inline_sites``);
 * ``module-not-loaded``: not in kallsyms because the module that defines it
   (:mod:`probes.modindex`, from the release's module files) is not loaded; with
   ``late_attach`` it still gets a slot, and the loader attaches it when the
@@ -71,6 +74,11 @@ class FunctionPlan:
             module load); such a function is matched even when not kprobe-able.
         tracking: probed only for packet identity (an skb free or clone
             function, :mod:`analysis.packets`), not named by any document.
+        inline_sites: for ``inlined``: one dict per inline site (``symbol``,
+            ``offset`` in bytes, ``probe`` = ``symbol+offset``, ``file``, ``line``,
+            ``module``, ``caller`` (DWARF name of the function whose source holds
+            the call), ``func_id`` (its own slot, or None when no slot was left));
+            ``func_id`` of the entry is its first probed site's slot.
     """
 
     name: str
@@ -92,6 +100,7 @@ class FunctionPlan:
     successor_reason: str = ""
     successor_of: str | None = None
     tracking: bool = False
+    inline_sites: list[dict] = field(default_factory=list)
 
     @property
     def probed(self) -> bool:
@@ -117,6 +126,18 @@ class ProbePlan:
         """Functions that get a probe, in slot order."""
         return sorted((f for f in self.functions.values() if f.probed), key=lambda f: f.func_id)
 
+    def slot_names(self) -> dict[int, str]:
+        """Slot -> documented name, every slot: an inline site's slot names its inlined function."""
+        out = {f.func_id: f.name for f in self.functions.values() if f.probed}
+        for f in self.functions.values():
+            out.update({s["func_id"]: f.name for s in f.inline_sites if s.get("func_id") is not None})
+        return out
+
+    def site_slots(self) -> dict[int, dict]:
+        """Slot -> inline site dict (with ``function``) for every probed inline site."""
+        return {s["func_id"]: s | {"function": f.name} for f in self.functions.values()
+                for s in f.inline_sites if s.get("func_id") is not None}
+
     def to_dict(self) -> dict:
         return {
             "release": self.release,
@@ -138,7 +159,7 @@ class ProbePlan:
 
 
 def resolve_function(name: str, syms: KernelSymbols, btf=None, home: list[str] | None = None,
-                     index=None) -> FunctionPlan:
+                     index=None, inline=None) -> FunctionPlan:
     """Resolve one documented function against the kernel's symbols (no slot).
 
     ``btf`` (a ``probes.btf.BtfIndex`` or None) is consulted only to name a
@@ -146,10 +167,16 @@ def resolve_function(name: str, syms: KernelSymbols, btf=None, home: list[str] |
     ``not-traceable`` function. ``home``: the modules that define ``name``
     when kallsyms lacks it (:func:`probes.modindex.home_modules`); ``index``
     the :class:`probes.modindex.ModuleIndex` (tells ``__init`` code apart).
+    ``inline``: :class:`probes.inline.InlineFacts` (DWARF), or None when no
+    debug info was looked at; an ``absent`` function with inline sites becomes
+    ``inlined``, the others say in ``reason`` what DWARF could (not) check.
     """
     fp = _resolve(name, syms)
     if fp.status == "absent" and home:
         _module_home(fp, home, syms, index)
+    if fp.status == "absent" and inline is not None and inline.sites.get(name):
+        _mark_inlined(fp, inline.sites[name])
+        return fp
     if fp.status in ("absent", "not-traceable") and not fp.boot_only:
         succ = find_successor(name, syms, btf)
         if succ:
@@ -158,9 +185,68 @@ def resolve_function(name: str, syms: KernelSymbols, btf=None, home: list[str] |
                 fp.reason = f"not in kallsyms; successor {succ.name}: {succ.reason}"
         elif fp.status == "absent":
             fp.reason = describe_missing(name, syms, btf)
+    if fp.status == "absent" and not fp.successor:
+        if inline is not None and inline.searched:
+            fp.reason += f"; no inline site of it in the DWARF searched ({', '.join(inline.searched)})"
+        fp.reason += "; " + (inline.note() if inline is not None else _NO_DWARF)
     if fp.status == "absent" and home and len(home) > 1:
         fp.reason += f"; static copies exist in modules {', '.join(home)} (none loaded, none on this document's path)"
     return fp
+
+
+#: Said of an absent function when no debug info was looked at.
+_NO_DWARF = ("inlining not checked: no DWARF looked at (install the kernel's debug info: "
+             "`tools/fetch-debuginfo.sh RELEASE`, `make setup` for the lab kernel, or --debuginfo DIR)")
+#: Most inline sites probed per inlined function (sites in documented functions first).
+MAX_SITES = 8
+
+
+def _mark_inlined(fp: FunctionPlan, sites) -> None:
+    """Make an ``absent`` entry ``inlined`` with its inline sites (``probes.inline.InlineSite``), in place."""
+    fp.status, fp.successor, fp.successor_reason = "inlined", None, ""
+    fp.inline_sites = [s.to_dict() | {"func_id": None} for s in sites]
+    mods = list(dict.fromkeys(s.module for s in sites))
+    fp.module = fp.module or (mods[0] if len(mods) == 1 else ", ".join(mods))
+    holders = list(dict.fromkeys(f"{s.symbol} ({s.source.rsplit('/', 1)[-1]})" for s in sites))
+    fp.reason = (f"inlined (DWARF): {len(sites)} inline site{'s' if len(sites) != 1 else ''} in "
+                 + ", ".join(holders[:6]) + (f" and {len(holders) - 6} more" if len(holders) > 6 else "")
+                 + "; probed at its inline sites (entry only: an inline site has no return)")
+
+
+def _assign_site_slots(plan: "ProbePlan", specs: list[Spec], next_id: int, max_funcs: int) -> int:
+    """Give inline sites their slots, after every documented function; returns the next free slot.
+
+    Per inlined function at most :data:`MAX_SITES` sites: first those inside
+    documented functions (by symbol or DWARF caller), then those in the modules
+    of the documents that name the function; sites left without a slot keep
+    ``func_id`` None and the reason says how many.
+    """
+    documented = {f for spec in specs for f in spec.functions()}
+    near: dict[str, set] = {}  # function -> modules of the documents naming it
+    for spec in specs:
+        mods = {plan.functions[f].module for f in spec.functions()
+                if f in plan.functions and plan.functions[f].status != "inlined"}
+        for f in spec.functions():
+            near.setdefault(f, set()).update(mods)
+    for fp in plan.functions.values():
+        if fp.status != "inlined":
+            continue
+        order = sorted(range(len(fp.inline_sites)), key=lambda i: (
+            fp.inline_sites[i]["symbol"].split(".")[0] not in documented
+            and fp.inline_sites[i].get("caller") not in documented,
+            fp.inline_sites[i].get("module") not in near.get(fp.name, ()), i))
+        for n, i in enumerate(order):
+            if n < MAX_SITES and next_id < max_funcs:
+                fp.inline_sites[i]["func_id"] = next_id
+                next_id += 1
+        probed = [s["func_id"] for s in fp.inline_sites if s["func_id"] is not None]
+        fp.func_id = min(probed) if probed else None
+        left = len(fp.inline_sites) - len(probed)
+        if left:
+            fp.reason += f"; {left} of {len(fp.inline_sites)} sites not probed (no slot left, or over {MAX_SITES})"
+        if not probed:
+            plan.skipped.append(fp.name)
+    return next_id
 
 
 def _module_home(fp: FunctionPlan, home: list[str], syms: KernelSymbols, index) -> None:
@@ -231,7 +317,7 @@ def _btf_facts(fp: FunctionPlan, btf) -> None:
 
 
 def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int = MAX_FUNCS,
-               index=None, late_attach: bool = False, tracking: bool = False) -> ProbePlan:
+               index=None, late_attach: bool = False, tracking: bool = False, inline=None) -> ProbePlan:
     """Build the probe plan for all functions named in ``specs``.
 
     Args:
@@ -246,6 +332,8 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
         tracking: also probe the packet-tracking functions
             (``analysis.packets.TRACKING_FUNCTIONS``: ``kfree_skbmem``,
             ``skb_clone`` ...) that are traceable, with ``tracking=True``.
+        inline: :class:`probes.inline.InlineFacts` from the documents' modules'
+            DWARF, or None (not looked at): ``inlined`` functions and their sites.
 
     Returns:
         A ProbePlan; probed functions get consecutive ``func_id`` slots, documented
@@ -259,7 +347,7 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
         for name in spec.functions():
             if name in plan.functions:
                 continue
-            fp = resolve_function(name, syms, btf, homes.get(name), index)
+            fp = resolve_function(name, syms, btf, homes.get(name), index, inline)
             if btf is not None and fp.status == "absent":
                 bf = btf.function(name)
                 if bf is not None and bf.module != "vmlinux":
@@ -279,8 +367,9 @@ def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int 
                 else:
                     plan.skipped.append(name)
             plan.functions[name] = fp
-    # successors of absent / not-traceable functions: probed after every
-    # documented function, so they never take a documented function's slot
+    # inline sites, then successors of absent / not-traceable functions: probed
+    # after every documented function, so they never take a documented function's slot
+    next_id = _assign_site_slots(plan, specs, next_id, max_funcs)
     for fp in list(plan.functions.values()):
         if not fp.successor or fp.successor in plan.functions:
             continue

@@ -98,6 +98,19 @@ def _settle_late_modules(plan) -> None:
             fp.reason = f"module {fp.module} not loaded during the run; {fix_command(fp.module)}"
 
 
+def _inline_facts(specs, syms, index, debuginfo, progress):
+    """DWARF facts on the documented functions kallsyms lacks (:func:`probes.inline.discover`), or None."""
+    from .inline import discover  # noqa: PLC0415
+
+    try:
+        facts = discover(specs, syms.text, index, syms.release, debuginfo or [], progress=progress)
+    except Exception as err:  # noqa: BLE001 - without DWARF everything works as before
+        progress(f"inline sites not looked for: {err}")
+        return None
+    progress("inlining: " + facts.note())
+    return facts
+
+
 def _raise_terminated(signum, _frame):
     # unwind like Ctrl-C: probes detach, workload namespaces go, modules unload
     raise KeyboardInterrupt(f"signal {signum}")
@@ -115,6 +128,7 @@ def record(
     where: str = "",
     boot_graph: str | None = None,
     load_modules: bool = False,
+    debuginfo: list[str] | None = None,
     progress=lambda m: None,
 ) -> Path:
     """Probe the functions of ``specs`` while traffic flows; write the trace.
@@ -136,6 +150,9 @@ def record(
             them at the end. Without it no module is loaded: functions of modules
             that arrive during the run (the user's command loads them) are
             attached on arrival, the others get the ``module-not-loaded`` verdict.
+        debuginfo: folders with DWARF to search first (``--debuginfo``); the
+            standard places and callpath's cache are always searched
+            (:mod:`probes.debuginfo`): inlined functions are probed at their inline sites.
         progress: callable taking one status line.
 
     Returns:
@@ -177,7 +194,10 @@ def record(
             except BtfError as err:
                 progress(f"no BTF ({err}); skb arguments unknown, latency limited")
                 btf = None
-            plan = build_plan(specs, syms, btf, index=index, late_attach=True, tracking=True)
+            facts = _inline_facts(specs, syms, index, debuginfo, progress)
+            plan = build_plan(specs, syms, btf, index=index, late_attach=True, tracking=True, inline=facts)
+            meta["inline"] = {"checked": facts is not None, "note": facts.note() if facts else "",
+                              "searched": dict(facts.searched) if facts else {}}
             plan.fields = resolve_fields(btf, syms.release)
             progress("kernel fields: " + ", ".join(f"{k} @{v['offset']}" for k, v in plan.fields.items())
                      + f" ({next(iter(plan.fields.values()))['source']})")
@@ -227,8 +247,14 @@ def record(
             # seconds under TCG emulation, better spent after the recording
             from ..analysis.trace import Trace, concat_events, events_from_rows, write_trace  # noqa: PLC0415
 
-            id_to_name = {fp.func_id: fp.name for fp in plan.probed()}
-            events = concat_events(events_from_rows(rec.rows, id_to_name),
+            id_to_name = plan.slot_names()
+            probe_events = events_from_rows(rec.rows, id_to_name)
+            sites = plan.site_slots()
+            if sites and len(probe_events):  # entry-only kprobes at inline sites (analysis/instants.py)
+                mech = probe_events["mechanism"].astype(object)
+                mech[probe_events["func_id"].isin(list(sites)).to_numpy()] = "inline-site"
+                probe_events["mechanism"] = mech
+            events = concat_events(probe_events,
                                    *(events_from_rows(rows, mechanism=m) for rows, m in once))
             meta["events"] = len(events)
     finally:

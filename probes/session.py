@@ -98,7 +98,8 @@ def sweep(progress) -> None:
         progress(f"removed {len(removed)} objects left by dead runs")
 
 
-def verify_on_host(specs, trace_path: Path, traffic: Traffic, progress, load_modules: bool = False) -> Path:
+def verify_on_host(specs, trace_path: Path, traffic: Traffic, progress, load_modules: bool = False,
+                   debuginfo: list[str] | None = None) -> Path:
     """Record on the running kernel into ``trace_path``; returns it.
 
     ``load_modules``: load the modules that define documented functions first
@@ -112,7 +113,7 @@ def verify_on_host(specs, trace_path: Path, traffic: Traffic, progress, load_mod
 
     progress(f"probing the running kernel {kernel.kernel_release()}")
     return record(specs, trace_path, where="running kernel", load_modules=load_modules, progress=progress,
-                  **traffic.kwargs())
+                  debuginfo=debuginfo, **traffic.kwargs())
 
 
 def boot_options(specs, lab, progress) -> str | None:
@@ -160,7 +161,7 @@ def _callpath_argv(*args: str) -> list[str]:
 
 
 def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, progress,
-                  timeout_s: float = 1500, specs=None) -> Path:
+                  timeout_s: float = 1500, specs=None, debuginfo: list[str] | None = None) -> Path:
     """Record in a lab VM on ``lab``'s kernel; the trace and raw ftrace text land in ``out_dir``.
 
     Args:
@@ -172,6 +173,8 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
         progress: callable taking one status line.
         timeout_s: give up (and kill the VM) after this many seconds.
         specs: the documents already read (else read from ``spec_paths``).
+        debuginfo: folders with DWARF (``--debuginfo``), searched on the host
+            before booting (:func:`probes.inline.prepare_for_lab`).
 
     Returns:
         the trace path ``out_dir/trace.parquet``; its metadata names the
@@ -198,6 +201,11 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
         # the lab VM is callpath's own: load the modules the documents need before planning
         record = ["record", *map(str, copies), "--out", str(trace), "--load-modules",
                   "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}"]
+        from .inline import prepare_for_lab  # noqa: PLC0415
+
+        dbg = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
+        if dbg is not None:  # links to the debug files, in callpath's own staging folder
+            record += ["--debuginfo", str(dbg)]
         lines = []
         if append:
             graph = stage / "boot-graph.txt"
@@ -226,17 +234,17 @@ def _copy_results(stage: Path, out_dir: Path, sources: list[str]) -> Path:
     return write_trace(trace, out_dir / "trace.parquet")
 
 
-def lint_on_host(specs, progress) -> dict:
+def lint_on_host(specs, progress, debuginfo: list[str] | None = None) -> dict:
     """Lint against the running kernel, changing nothing: no module is loaded.
 
     Functions of modules that are not loaded are judged from what the
     kernel's files say (:func:`probes.kernel.module_status`); see
     :func:`probes.lint.lint`.
     """
-    return _lint_here(specs, progress, load=False)
+    return _lint_here(specs, progress, load=False, debuginfo=debuginfo)
 
 
-def _lint_here(specs, progress, load: bool) -> dict:
+def _lint_here(specs, progress, load: bool, debuginfo: list[str] | None = None) -> dict:
     from . import kernel
     from .btf import BtfError, load_kernel_btf
     from .lint import lint
@@ -255,17 +263,23 @@ def _lint_here(specs, progress, load: bool) -> dict:
         except BtfError as err:
             progress(f"no BTF: {err}; argument names are not checked")
             btf = None
-        plan = build_plan(specs, syms, btf, max_funcs=10**6, index=index)
-        return lint(specs, plan, syms.traceable_known, modules)
+        from .inline import discover  # noqa: PLC0415
+
+        facts = discover(specs, syms.text, index, syms.release, debuginfo or [], progress=progress)
+        plan = build_plan(specs, syms, btf, max_funcs=10**6, index=index, inline=facts)
+        result = lint(specs, plan, syms.traceable_known, modules)
+        result["inline_note"] = facts.note()
+        return result
 
 
-def lint_in_guest(specs, progress) -> dict:
+def lint_in_guest(specs, progress, debuginfo: list[str] | None = None) -> dict:
     """Lint inside the lab VM: the guest is callpath's own, so the modules that define
     documented functions are loaded first (their functions then appear in kallsyms and BTF)."""
-    return _lint_here(specs, progress, load=True)
+    return _lint_here(specs, progress, load=True, debuginfo=debuginfo)
 
 
-def lint_in_lab(lab, spec_paths: list[Path], progress, timeout_s: float = 1500, sources: list[str] | None = None) -> dict:
+def lint_in_lab(lab, spec_paths: list[Path], progress, timeout_s: float = 1500, sources: list[str] | None = None,
+                debuginfo: list[str] | None = None, specs=None) -> dict:
     """Lint the documents against ``lab``'s kernel in a lab VM; returns :func:`probes.lint.lint`'s result.
 
     ``sources`` (default: the paths as given) name the documents in the result
@@ -284,7 +298,15 @@ def lint_in_lab(lab, spec_paths: list[Path], progress, timeout_s: float = 1500, 
     try:
         copies = _stage_specs([Path(p).resolve() for p in spec_paths], stage)
         out = stage / "lint.json"
-        argv = _callpath_argv("lint", "--host", "--in-lab-guest", "--json", "--output", str(out), *map(str, copies))
+        opts = []
+        if specs is not None:
+            from .inline import prepare_for_lab  # noqa: PLC0415
+
+            dbg = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
+            if dbg is not None:  # links in callpath's own staging folder
+                opts = ["--debuginfo", str(dbg)]
+        argv = _callpath_argv("lint", "--host", "--in-lab-guest", "--json", "--output", str(out), *opts,
+                              *map(str, copies))
         rc = run_in_lab(lab, _write_job(stage, ["exec " + shlex.join(argv)]), [stage], progress=progress,
                         timeout_s=timeout_s)
         if not out.exists():

@@ -15,6 +15,9 @@ def _fp(name, status="traceable", params=(), ret="int", module="vmlinux", succes
 
 
 def _report(kernel, plan, verdicts):
+    """A report whose one path has a step per verdict given, then one per other planned function."""
+    verdicts = list(verdicts) + [(fn, "absent" if fp["status"] == "absent" else "not-exercised")
+                                 for fn, fp in plan.items() if fn not in dict(verdicts)]
     steps = [{"number": i, "text": f"{fn}()", "function": fn, "verdict": v} for i, (fn, v) in enumerate(verdicts, 1)]
     observed = sum(v == "observed" for _, v in verdicts)
     return {"kernel": kernel, "where": "lab VM", "events": 10, "plan": plan,
@@ -65,9 +68,24 @@ def test_vanished_and_renamed_read_in_time_order():
     new["plan"]["dev_forward_skb"] = _fp("dev_forward_skb", "absent")
     new["plan"]["napi_poll"] = _fp("napi_poll", "absent", successor="__napi_poll")
     old["plan"]["napi_poll"] = _fp("napi_poll")
+    for r in (old, new):
+        r["paths"][0]["steps"].append({"number": 9, "text": "napi_poll()", "function": "napi_poll", "verdict": "x"})
+    # probed for packet tracking, no step of any document: never drift
+    new["plan"]["napi_skb_cache_put"] = _fp("napi_skb_cache_put")
     drift = {d["function"]: d for d in compare_reports([old, new])["drift"]}
     assert drift["dev_forward_skb"]["kinds"] == ["vanished"]
     assert drift["napi_poll"]["kinds"] == ["renamed"] and "__napi_poll" in drift["napi_poll"]["changes"][0]
+    assert "napi_skb_cache_put" not in drift
+
+
+def test_inlined_on_one_kernel():
+    old = copy.deepcopy(OLD)
+    new = copy.deepcopy(NEW)
+    new["plan"]["dev_forward_skb"] = dict(_fp("dev_forward_skb", "inlined"), inline_sites=[{"symbol": "veth_xmit"}] * 2)
+    drift = {d["function"]: d for d in compare_reports([old, new])["drift"]}
+    assert drift["dev_forward_skb"]["kinds"] == ["inlined"]
+    assert "inlined (2 sites) on 6.12.117+deb12-amd64" in drift["dev_forward_skb"]["changes"][0]
+    assert drift["dev_forward_skb"]["per_kernel"]["6.1.0-56-amd64"]["state"] == "traceable"
 
 
 def test_verdicts_side_by_side_and_changes_marked(tmp_path):
@@ -78,7 +96,7 @@ def test_verdicts_side_by_side_and_changes_marked(tmp_path):
     assert steps["macvlan_queue_xmit"]["changed"] and steps["dev_forward_skb"]["changed"]
     assert not steps["macvlan_common_newlink"]["changed"]
     assert cmp["changed_steps"] == 2
-    assert path["summary"] == {"6.1.0-56-amd64": "2/3", "6.12.117+deb12-amd64": "2/3"}
+    assert path["summary"] == {"6.1.0-56-amd64": "2/5", "6.12.117+deb12-amd64": "2/5"}
     md = (tmp_path / "report-kernels.md").read_text()
     assert "| `macvlan_common_newlink` |" in md and "**signature**" in md
     assert "(6.1.0-56-amd64/report.md)" in md

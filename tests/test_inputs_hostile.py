@@ -110,7 +110,7 @@ def test_lint_reports_every_bad_document_and_lints_the_rest(tmp_path, capsys, mo
     (tmp_path / "bad.txt").write_bytes(b"\x00")
     (tmp_path / "good.txt").write_text("1. f_g(x) -> -> ()\n")
     seen = []
-    monkeypatch.setattr(session, "lint_on_host", lambda specs, progress: seen.extend(specs) or
+    monkeypatch.setattr(session, "lint_on_host", lambda specs, progress, debuginfo=None: seen.extend(specs) or
                         {"kernel": "k", "traceable_known": True, "documents": [], "absent": 0})
     assert main(["lint", str(tmp_path)]) == 2
     err = capsys.readouterr().err

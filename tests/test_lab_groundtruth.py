@@ -4,7 +4,7 @@ The document (tests/fixtures/docs/bridge-forward.txt) is a path through the
 Linux bridge, a module callpath has no workload for; the traffic is a user
 command (tests/fixtures/docs/bridge_traffic.py). One lab boot runs:
 
-A. ``callpath record DOC --load-modules -- graph_around.py ... -- bridge_traffic.py``:
+A. ``callpath record DOC --load-modules -- graph_around.py OUT br_handle_frame bridge_traffic.py``:
    callpath loads bridge.ko (found through the module index, not a list) and
    probes; the user command records function_graph under ``br_handle_frame``
    while the traffic flows;
@@ -30,7 +30,7 @@ from callpath.analysis.ftrace_text import ENTRY, parse_function_graph
 from callpath.analysis.readers import read_spec
 from callpath.analysis.report import build_report
 from callpath.analysis.trace import read_trace
-from callpath.probes import labvm
+from callpath.probes import labvm, modindex
 
 pytestmark = pytest.mark.lab
 
@@ -82,6 +82,8 @@ def lab_run(tmp_path_factory):
         labvm.find_vng()
     except (IndexError, labvm.LabError) as err:
         pytest.skip(f"no lab VM here: {err}")
+    # the guest reads the host's module index cache; building it under TCG takes minutes
+    modindex.load_index(kernel.release)
     stage = tmp_path_factory.mktemp("groundtruth")
     py = sys.executable
     traffic = [py, str(DOCS / "bridge_traffic.py"), "--packets", "50"]
@@ -90,7 +92,7 @@ def lab_run(tmp_path_factory):
         "set -e",
         "echo groundtruth: A start $(date +%s)",
         shlex.join([*rec, "--load-modules", "--out", str(stage / "a.parquet"), "--",
-                    py, str(DOCS / "graph_around.py"), str(stage / "graph.txt"), "br_handle_frame", "--", *traffic]),
+                    py, str(DOCS / "graph_around.py"), str(stage / "graph.txt"), "br_handle_frame", *traffic]),
         "echo groundtruth: B start $(date +%s)",
         shlex.join([*rec, "--out", str(stage / "b.parquet"), "--", *traffic]),
         "echo groundtruth: end $(date +%s)",

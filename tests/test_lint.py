@@ -58,7 +58,7 @@ def test_statuses(result):
     assert st["foo_clone"]["status"] == "clone" and st["foo_clone"]["symbol"] == "foo_clone.isra.0"
     assert st["gone_fn"]["status"] == "absent" and st["gone_fn"]["successor"] is None
     assert "skb" not in st  # a statement is never linted as a function
-    assert doc["counts"] == {"traceable": 1, "clone": 1, "boot-only": 1, "not-traceable": 0, "module-not-loaded": 0,
+    assert doc["counts"] == {"traceable": 1, "clone": 1, "inlined": 0, "boot-only": 1, "not-traceable": 0, "module-not-loaded": 0,
                              "absent": 2, "present": 0}
     assert result["absent"] == 2
 
