@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from .calltree import build_forest
-from .conformance import VERDICTS, PathResult, check_specs, unrecorded_functions
+from .conformance import VERDICTS, check_specs, unrecorded_functions
 from .latency import hot_path_functions, latency_stats, packet_samples
 from .html_report import write_html
 from .journeys import report_blocks

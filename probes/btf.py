@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "BtfError",

@@ -72,7 +72,6 @@ def has_dwarf(path: str | Path) -> bool:
 
 def build_id(path: str | Path) -> str | None:
     """The GNU build id (hex) of an ELF file (``.note.gnu.build-id``), or None."""
-    from elftools.common.exceptions import ELFError  # noqa: PLC0415
     from elftools.elf.elffile import ELFFile  # noqa: PLC0415
     from .modindex import _open_elf_bytes  # noqa: PLC0415
 

@@ -1,11 +1,11 @@
 """Integration: boot the lab kernel, run `callpath verify` and `callpath lint` for real.
 
-Two boots for the module: `verify` on the macvlan, veth/macvlan-notes and
-net_dev_init documents with the macvlan and veth workloads (about 4-5 minutes
-under QEMU TCG: boot with the function_graph tracer on net_dev_init, bcc
-compile, workloads), and `lint` on every document (about 1.5 minutes). The
-verdicts asserted for Debian's 6.1 kernel were measured before this test was
-written: macvlan_start_xmit, macvlan_hash_lookup and dev_forward_skb are
+Two boots for the module: `verify` on every shipped document with the
+workloads they name (shared with tests/test_lab_inline.py through the
+``lab61_verify`` fixture of tests/conftest.py: boot with the function_graph
+tracer on net_dev_init, bcc compile, workloads), and `lint` on every document.
+The verdicts asserted for Debian's 6.1 kernel were measured before this test
+was written: macvlan_start_xmit, macvlan_hash_lookup and dev_forward_skb are
 traceable and run; macvlan_queue_xmit is not in 6.1's kallsyms (inlined);
 netif_rx_ni no longer exists (removed in v5.18).
 """
@@ -44,14 +44,9 @@ def _lab_kernel():
 
 
 @pytest.fixture(scope="module")
-def lab_report(tmp_path_factory):
-    kernel = _lab_kernel()
-    out = tmp_path_factory.mktemp("lab-verify")
-    rc = main(["verify", SPEC, NOTES, BOOT, "--workload", "macvlan", "--workload", "veth",
-               "--packets", "20", "--kernel", kernel.release, "--out", str(out)])
-    assert rc == 0
-    report = json.loads((out / "report.json").read_text())
-    return kernel, out, report
+def lab_report(lab61_verify):
+    """The shared 6.1 run of every shipped document (tests/conftest.py)."""
+    return lab61_verify
 
 
 def steps_by_function(report, path_name):
@@ -75,7 +70,7 @@ def test_report_files_and_kernel(lab_report):
     for name in ("report.md", "report.json", "trace.parquet", "trace.meta.json"):
         assert (out / name).stat().st_size > 0
     assert report["events"] > 0 and report["lost"] == 0
-    assert not subprocess.run(["pgrep", "-x", "qemu-system-x86_64"], capture_output=True).stdout, "QEMU left running"
+    assert not subprocess.run(["pgrep", "-f", "qemu-system-x86_64 -name virtme-ng"], capture_output=True).stdout, "QEMU left running"
 
 
 def test_macvlan_transmit_verdicts(lab_report):

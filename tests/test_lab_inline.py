@@ -1,7 +1,7 @@
 """Integration (lab VM): inlined steps probed at their inline sites on Debian's 6.1 kernel.
 
-One boot: `callpath verify` on every shipped document with every workload,
-pinned to Debian's 6.1.0 lab kernel, with the DWARF `make setup` fetched
+The boot shared with tests/test_lab.py (``lab61_verify`` in tests/conftest.py):
+`callpath verify` on every shipped document, pinned to Debian's 6.1.0 lab kernel, with the DWARF `make setup` fetched
 (`tools/fetch-debuginfo.sh RELEASE`, cached in /var/cache/callpath/debuginfo).
 On 6.1 the compiler inlined `macvlan_queue_xmit` into `macvlan_start_xmit`
 (`macvlan_start_xmit+33`, as `perf probe -D` says) and `ipvlan_xmit_mode_l3`
@@ -10,38 +10,22 @@ into `ipvlan_queue_xmit` (`ipvlan_queue_xmit+126`): both must come out
 duration anywhere. About 6 minutes under TCG.
 """
 
-import json
-import os
 
 import pytest
 
-from callpath.cli import main
-from callpath.probes import labvm
 from callpath.probes.debuginfo import cache_root
 
 pytestmark = pytest.mark.lab
 
-SPECS_DIR = os.path.join(os.path.dirname(__file__), "..", "specs")
 
 
 @pytest.fixture(scope="module")
-def lab_report(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the lab VM run needs root")
-    try:
-        kernels = [k for k in labvm.list_lab_kernels() if k.headers and k.release.startswith("6.1.")]
-        labvm.find_vng()
-    except labvm.LabError as err:
-        pytest.skip(f"no lab VM here: {err}")
-    if not kernels:
-        pytest.skip("Debian's 6.1 lab kernel is not installed")
-    kernel = kernels[0]
+def lab_report(lab61_verify):
+    """The shared 6.1 run of every shipped document (tests/conftest.py), when DWARF is cached."""
+    kernel, _out, report = lab61_verify
     if not list(cache_root(kernel.release).glob("usr/lib/debug/lib/modules/*/kernel/drivers/net/macvlan.ko")):
         pytest.skip(f"no DWARF for {kernel.release}: run `tools/fetch-debuginfo.sh {kernel.release}` (make setup does)")
-    out = tmp_path_factory.mktemp("lab-inline")
-    rc = main(["verify", SPECS_DIR, "--packets", "20", "--kernel", kernel.release, "--out", str(out)])
-    assert rc == 0
-    return json.loads((out / "report.json").read_text())
+    return report
 
 
 def _steps(report, function):

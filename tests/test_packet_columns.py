@@ -6,7 +6,7 @@ clones, idle gaps, repeats and calls without an skb."""
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
