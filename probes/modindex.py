@@ -233,6 +233,36 @@ def _stamp(moddir: Path) -> int | None:
         return None
 
 
+#: Environment variable naming an index file the host wrote for a lab VM guest
+#: (:func:`write_for_guest`). The guest sees the host's ``/lib/modules`` through
+#: virtme-ng's 9p/overlay mounts, where the cache's ``modules.dep`` stamp does not
+#: match (measured: every lab boot rebuilt the index, 7-11 min under TCG).
+GUEST_INDEX_ENV = "CALLPATH_MODINDEX_FILE"
+
+
+def write_for_guest(index: "ModuleIndex", path: str | Path) -> str:
+    """Write ``index`` to ``path`` for a lab VM guest; return the shell line that
+    hands it over (``export CALLPATH_MODINDEX_FILE=...``, quoted)."""
+    import shlex  # noqa: PLC0415
+
+    Path(path).write_text(json.dumps(index.to_dict(), separators=(",", ":")))
+    return f"export {GUEST_INDEX_ENV}={shlex.quote(str(path))}"
+
+
+def _handed_over(release: str) -> "ModuleIndex | None":
+    """The index named by :data:`GUEST_INDEX_ENV` when it is for ``release``, else None."""
+    path = os.environ.get(GUEST_INDEX_ENV)
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("release") != release:
+        return None
+    return ModuleIndex.from_dict(data)
+
+
 def load_index(release: str, root: str = MODULES_ROOT, cache_dir: str | Path | None = None,
                progress=lambda m: None) -> ModuleIndex:
     """The module index of ``release``: from the cache when it is current, else built and cached.
@@ -250,6 +280,9 @@ def load_index(release: str, root: str = MODULES_ROOT, cache_dir: str | Path | N
     Raises:
         ModuleIndexError: ``root/release`` does not exist.
     """
+    handed = _handed_over(release)
+    if handed is not None:
+        return handed
     moddir = Path(root, release)
     stamp = _stamp(moddir)
     dirs = [Path(cache_dir)] if cache_dir else cache_dirs()

@@ -156,6 +156,15 @@ def _write_job(stage: Path, lines: list[str]) -> list[str]:
     return ["/bin/sh", str(job)]
 
 
+def _index_handover(release: str, stage: Path, progress) -> list[str]:
+    """Shell lines that hand the host's module index of ``release`` to the guest (none
+    when the release has no module tree): built once on the host, never under TCG."""
+    from .modindex import index_or_none, write_for_guest
+
+    idx = index_or_none(release, progress)
+    return [write_for_guest(idx, stage / "modindex.json")] if idx is not None else []
+
+
 def _callpath_argv(*args: str) -> list[str]:
     return [sys.executable, "-u", "-m", "callpath", *args]
 
@@ -206,7 +215,7 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
         dbg = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
         if dbg is not None:  # links to the debug files, in callpath's own staging folder
             record += ["--debuginfo", str(dbg)]
-        lines = []
+        lines = _index_handover(lab.release, stage, progress)
         if append:
             graph = stage / "boot-graph.txt"
             record += ["--boot-graph", str(graph)]
@@ -307,7 +316,8 @@ def lint_in_lab(lab, spec_paths: list[Path], progress, timeout_s: float = 1500, 
                 opts = ["--debuginfo", str(dbg)]
         argv = _callpath_argv("lint", "--host", "--in-lab-guest", "--json", "--output", str(out), *opts,
                               *map(str, copies))
-        rc = run_in_lab(lab, _write_job(stage, ["exec " + shlex.join(argv)]), [stage], progress=progress,
+        lines = _index_handover(lab.release, stage, progress) + ["exec " + shlex.join(argv)]
+        rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=progress,
                         timeout_s=timeout_s)
         if not out.exists():
             raise SessionError(f"the lab VM run failed (exit status {rc}); see the [lab] lines above")

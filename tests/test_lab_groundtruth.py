@@ -83,13 +83,14 @@ def lab_run(tmp_path_factory):
     except (IndexError, labvm.LabError) as err:
         pytest.skip(f"no lab VM here: {err}")
     # the guest reads the host's module index cache; building it under TCG takes minutes
-    modindex.load_index(kernel.release)
     stage = tmp_path_factory.mktemp("groundtruth")
+    handover = modindex.write_for_guest(modindex.load_index(kernel.release), stage / "modindex.json")
     py = sys.executable
     traffic = [py, str(DOCS / "bridge_traffic.py"), "--packets", "50"]
     rec = [py, "-u", "-m", "callpath", "record", str(DOC)]
     job = [
         "set -e",
+        handover,
         "echo groundtruth: A start $(date +%s)",
         shlex.join([*rec, "--load-modules", "--out", str(stage / "a.parquet"), "--",
                     py, str(DOCS / "graph_around.py"), str(stage / "graph.txt"), "br_handle_frame", *traffic]),

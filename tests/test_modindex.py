@@ -169,3 +169,17 @@ def test_plan_with_index_never_absent_for_a_module_function():
     # without late attach, no slot for a module not loaded
     plan2 = build_plan([spec], syms, index=idx)
     assert plan2.functions["br_forward"].func_id is None
+
+
+def test_index_handed_to_a_lab_guest_is_used_without_a_module_tree(tmp_path, monkeypatch):
+    """The guest reads the index the host wrote (no rebuild under TCG), only for its release."""
+    from callpath.probes import modindex
+
+    idx = modindex.ModuleIndex(release="9.9.9-test", builtin={"veth"})
+    line = modindex.write_for_guest(idx, tmp_path / "mi.json")
+    assert line.startswith(f"export {modindex.GUEST_INDEX_ENV}=")
+    monkeypatch.setenv(modindex.GUEST_INDEX_ENV, str(tmp_path / "mi.json"))
+    got = modindex.load_index("9.9.9-test", root=str(tmp_path / "no-such-root"), cache_dir=tmp_path)
+    assert got.release == "9.9.9-test" and got.builtin == {"veth"}
+    with pytest.raises(modindex.ModuleIndexError):  # another release: not handed over
+        modindex.load_index("9.9.8-other", root=str(tmp_path / "no-such-root"), cache_dir=tmp_path)
