@@ -25,8 +25,10 @@ ENTRY, RETURN = 0, 1
 _GRAPH_RE = re.compile(
     r"^\s*(?P<cpu>\d+)\)\s*(?:[+!#*@$]\s*)?(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?\|\s(?P<body>.*)$"
 )
-_ENTRY_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\(\)\s*\{\s*$")
-_LEAF_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\(\);\s*$")
+#: A function of a module is printed with its module: ``br_handle_frame [bridge]() {``
+#: (kernel/trace/trace_functions_graph.c via ``%ps``, seen on Debian 6.1).
+_ENTRY_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?:\s+\[[\w-]+\])?\(\)\s*\{\s*$")
+_LEAF_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?:\s+\[[\w-]+\])?\(\);\s*$")
 _CLOSE_RE = re.compile(r"^\}(?:\s*/\*\s*(?P<name>[\w.]+)\s*\*/)?\s*$")
 
 

@@ -183,7 +183,8 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
         timeout_s: give up (and kill the VM) after this many seconds.
         specs: the documents already read (else read from ``spec_paths``).
         debuginfo: folders with DWARF (``--debuginfo``), searched on the host
-            before booting (:func:`probes.inline.prepare_for_lab`).
+            before booting; the inline sites found reach the guest as a file
+            (:func:`probes.inline.prepare_for_lab`).
 
     Returns:
         the trace path ``out_dir/trace.parquet``; its metadata names the
@@ -212,10 +213,8 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
                   "--where", f"lab VM, virtme-ng, QEMU TCG, kernel {lab.release}"]
         from .inline import prepare_for_lab  # noqa: PLC0415
 
-        dbg = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
-        if dbg is not None:  # links to the debug files, in callpath's own staging folder
-            record += ["--debuginfo", str(dbg)]
-        lines = _index_handover(lab.release, stage, progress)
+        handover = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
+        lines = _index_handover(lab.release, stage, progress) + ([handover] if handover else [])
         if append:
             graph = stage / "boot-graph.txt"
             record += ["--boot-graph", str(graph)]
@@ -307,16 +306,14 @@ def lint_in_lab(lab, spec_paths: list[Path], progress, timeout_s: float = 1500, 
     try:
         copies = _stage_specs([Path(p).resolve() for p in spec_paths], stage)
         out = stage / "lint.json"
-        opts = []
+        handover = None
         if specs is not None:
             from .inline import prepare_for_lab  # noqa: PLC0415
 
-            dbg = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
-            if dbg is not None:  # links in callpath's own staging folder
-                opts = ["--debuginfo", str(dbg)]
-        argv = _callpath_argv("lint", "--host", "--in-lab-guest", "--json", "--output", str(out), *opts,
-                              *map(str, copies))
-        lines = _index_handover(lab.release, stage, progress) + ["exec " + shlex.join(argv)]
+            handover = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
+        argv = _callpath_argv("lint", "--host", "--in-lab-guest", "--json", "--output", str(out), *map(str, copies))
+        lines = [*_index_handover(lab.release, stage, progress), *([handover] if handover else []),
+                 "exec " + shlex.join(argv)]
         rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=progress,
                         timeout_s=timeout_s)
         if not out.exists():

@@ -53,3 +53,14 @@ def test_kprobe_events_with_return_values():
     assert rows[3][10] == -12  # -ENOMEM, sign restored
     fr = build_forest(events_from_rows(rows, mechanism="kprobe_events")).frames.set_index("function")
     assert fr.loc["tap_create_cdev", "parent"] == 0 and fr.loc["tap_create_cdev", "duration_ns"] == 400_000
+
+
+def test_module_functions_keep_their_name_without_the_module_tag():
+    """function_graph prints a module's function as ``name [module]()`` (Debian 6.1, bridge.ko)."""
+    text = (" 0)               |  br_handle_frame [bridge]() {\n"
+            " 0)   1.352 us    |    br_fdb_find_rcu [bridge]();\n"
+            " 0) + 47.210 us   |  }\n")
+    rows, stats = parse_function_graph(text)
+    names = [r[-1] for r in rows]
+    assert "br_handle_frame" in names and "br_fdb_find_rcu" in names
+    assert stats["calls"] == 2

@@ -244,3 +244,22 @@ def test_report_says_inline_site_no_return_and_makes_no_latency_row(tmp_path):
     assert "macvlan_queue_xmit" not in {r["function"] for r in report["latency"]}
     md = render_markdown(report)
     assert "inline site: no return" in md and "Inlining: DWARF of macvlan searched" in md
+
+
+def test_inline_facts_handed_to_a_lab_guest(tmp_path, monkeypatch):
+    """The host writes the inline sites it read; the guest uses them, no DWARF needed there."""
+    import shlex
+
+    from callpath.probes import inline
+
+    site = inline.InlineSite("macvlan_queue_xmit", "macvlan_start_xmit", 33, "drivers/net/macvlan.c", 566,
+                             "macvlan", "macvlan_start_xmit")
+    facts = inline.InlineFacts({"macvlan_queue_xmit": [site]}, {"macvlan": "/x/macvlan.ko"}, [], {})
+    monkeypatch.setattr(inline, "discover", lambda *a, **k: facts)
+    line = inline.prepare_for_lab([], "6.1.0-test", tmp_path)
+    monkeypatch.undo()
+    name, value = line.removeprefix("export ").split("=", 1)
+    monkeypatch.setenv(name, shlex.split(value)[0])
+    got = inline.discover([], {}, None, "6.1.0-test")
+    assert got.sites == facts.sites and got.searched == facts.searched
+    assert inline._handed_over("6.12.0-other") is None  # facts of another kernel are not used

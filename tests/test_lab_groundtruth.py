@@ -95,7 +95,9 @@ def lab_run(tmp_path_factory):
         shlex.join([*rec, "--load-modules", "--out", str(stage / "a.parquet"), "--",
                     py, str(DOCS / "graph_around.py"), str(stage / "graph.txt"), "br_handle_frame", *traffic]),
         "echo groundtruth: B start $(date +%s)",
-        shlex.join([*rec, "--out", str(stage / "b.parquet"), "--", *traffic]),
+        # the bridge module loads when the script creates the bridge; probes attach on its
+        # arrival, which under TCG takes a few seconds: the script waits before sending
+        shlex.join([*rec, "--out", str(stage / "b.parquet"), "--", *traffic, "--settle", "8"]),
         "echo groundtruth: end $(date +%s)",
     ]
     (stage / "job.sh").write_text("\n".join(job) + "\n")
