@@ -135,7 +135,7 @@ def matched_frames(path: Path, forest: CallForest, plan: dict[str, dict],
 
 
 def path_journeys(path: Path, plan: dict[str, dict], packets: Packets,
-                  matched: dict[int, str] | None = None) -> PathJourneys:
+                  matched: dict[int, str] | None = None, classify=journeys_of) -> PathJourneys:
     """The journeys of every packet that visited a probed step of ``path``.
 
     Args:
@@ -143,6 +143,9 @@ def path_journeys(path: Path, plan: dict[str, dict], packets: Packets,
             frames count as visits, so ``ip_output`` of unrelated traffic is not
             a visit of a path that documents it under ``ipvlan_process_v4_outbound``.
             None: every call of a step's function counts.
+        classify: ``(calls, step, entry, exits, n_steps) -> (visits, journeys)``;
+            the columnar :func:`analysis.journey_columns.journeys_of` (tests pass
+            the per-packet loop it replaced, tests/reference_journeys.py).
     """
     steps = probed_steps(path, plan)
     entry = steps[0][0] if steps else None
@@ -158,8 +161,7 @@ def path_journeys(path: Path, plan: dict[str, dict], packets: Packets,
     calls = calls.sort_values(["packet", "start_ns"], kind="stable")
     n_steps = len({n for n, _ in steps})
     step = calls["frame"].map(matched) if matched is not None else calls["function"].astype(object).map(step_of)
-    # whole columns, no loop per packet (issue 11; the loop it replaced: tests/reference_journeys.py)
-    visits, journeys = journeys_of(calls, step.to_numpy(), entry, exits, n_steps)
+    visits, journeys = classify(calls, step.to_numpy(), entry, exits, n_steps)
     return PathJourneys(entry, exits, visits, journeys)
 
 
@@ -270,7 +272,7 @@ def handovers(paths: list[tuple[str, PathJourneys]]) -> dict[str, list[dict]]:
 
 
 def report_blocks(specs, forest: CallForest, plan: dict[str, dict], packets: Packets,
-                  attach_failed: dict[str, str] | None = None) -> list[tuple[PathJourneys, dict]]:
+                  attach_failed: dict[str, str] | None = None, classify=journeys_of) -> list[tuple[PathJourneys, dict]]:
     """Journeys and the report's ``packets`` block for every path of ``specs``, in
     report order. Each block is :func:`packet_stats` plus ``next`` (hand-overs,
     :func:`handovers`) and ``median`` (the median packet's waterfall rows:
@@ -279,7 +281,7 @@ def report_blocks(specs, forest: CallForest, plan: dict[str, dict], packets: Pac
     out: list[tuple[str, PathJourneys]] = []
     for spec in specs:
         for i, path in enumerate(spec.paths):
-            pj = path_journeys(path, plan, packets, matched_frames(path, forest, plan, attach_failed))
+            pj = path_journeys(path, plan, packets, matched_frames(path, forest, plan, attach_failed), classify)
             out.append((f"{len(out)}", pj))
     nxt = handovers(out)
     blocks = []
