@@ -1,6 +1,8 @@
 # callpath: `make demo` checks the shipped documents on a real kernel; `make test` runs every test.
 VENV ?= .venv
 OUT ?= callpath-report
+# lab kernel for `make demo` (default: the newest installed), e.g. make demo KERNEL=6.1.0-56-amd64
+KERNEL ?=
 
 .PHONY: setup demo test unit clean cleanup debuginfo
 
@@ -9,7 +11,7 @@ setup:
 
 demo: setup
 	@echo "demo: callpath verify on specs/ with the built-in traffic (lab VM when this kernel has no kprobes; ~5 min under TCG)"
-	$(VENV)/bin/callpath verify specs/ --out $(OUT)
+	$(VENV)/bin/callpath verify specs/ --out $(OUT) $(if $(KERNEL),--kernel $(KERNEL))
 	@echo "demo: report in $(OUT)/report.md and $(OUT)/report.html ($(OUT)/report.json, latency PNGs beside it)"
 
 test: setup

@@ -70,6 +70,9 @@ class CallForest:
             event of the same thread (a trace defect).
         time_backwards_first: the first such event, ``{"thread", "function",
             "seq", "ts_ns", "previous_ts_ns"}``, or None.
+        weights: calls each frame stands for (int64, indexed by frame id), or
+            None: one call per frame (every per-event trace). Counting mode
+            (:mod:`analysis.aggregate`) sets it: a frame is a distinct path.
     """
 
     frames: pd.DataFrame
@@ -79,6 +82,7 @@ class CallForest:
     open_at_end: int = 0
     time_backwards: int = 0
     time_backwards_first: dict | None = None
+    weights: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.frames)
@@ -96,6 +100,12 @@ class CallForest:
     def parents(self) -> np.ndarray:
         """Parent frame id per frame (-1 for roots), int64, indexed by frame id."""
         return self._parents
+
+    def count(self, frames: np.ndarray) -> int:
+        """Calls the frame ids ``frames`` stand for: their number, or their summed :attr:`weights`."""
+        if self.weights is None:
+            return int(len(frames))
+        return int(self.weights[np.asarray(frames, dtype=np.int64)].sum())
 
     @property
     def complete(self) -> np.ndarray:
@@ -175,6 +185,10 @@ def thread_keys(events: pd.DataFrame) -> pd.Series:
     return pd.Series(names[codes], index=events.index, dtype=object)
 
 
+#: Mechanisms of the BPF program: one ring buffer, so one ordering of events per thread.
+BPF_STREAM = frozenset({"kprobe", "fentry", "inline-site"})
+
+
 def _thread_codes(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Thread of each event as ``(codes, key strings)``; codes in order of first event."""
     tid = ev["tid"].to_numpy()
@@ -182,12 +196,16 @@ def _thread_codes(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         mcodes, mnames = _codes(ev["mechanism"])
     else:
         mcodes, mnames = np.zeros(len(ev), dtype=np.int32), np.array(["kprobe"], dtype=object)
-    # tid (< 2**32) or 2**33 + cpu for the idle task, plus the mechanism above bit 34
+    # tid (< 2**32) or 2**33 + cpu for the idle task, plus the recording stream above bit 34:
+    # the BPF program's mechanisms (kprobe, fentry, inline-site) share one ring buffer and so
+    # one stream (-1); another recording (function_graph at boot...) is a stream of its own
+    stream = np.array([-1 if (isinstance(x, str) and x in BPF_STREAM) else i for i, x in enumerate(mnames)],
+                      dtype=np.int64)
     num = tid.astype(np.int64)
     idle = np.flatnonzero(tid == 0)
     num[idle] = (1 << 33) + ev["cpu"].to_numpy()[idle].astype(np.int64)
     del idle
-    num += (mcodes.astype(np.int64) + 1) << 34
+    num += (stream[mcodes] + 1) << 34
     codes, uniq = pd.factorize(num, sort=False)
     del num
     mech = (uniq >> 34) - 1

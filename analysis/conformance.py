@@ -63,6 +63,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .aggregate import AggregateForest, order_counts, weighted_mean_ns
 from .calltree import CallForest
 from .instants import is_inlined, site_detail
 from .matching import nested_in, shortest_chain, sibling_order
@@ -303,7 +304,7 @@ class Matcher:
         target = target or step.function
         frames = self._frames(target)
         proven, anywhere = nested_in(self.forest, frames, req)
-        return frames[proven], req, int((anywhere & ~proven).sum())
+        return frames[proven], req, self.forest.count(frames[anywhere & ~proven])
 
     def _static_verdict(self, step: Step) -> tuple[str, str] | None:
         if step.kind != "call" or not step.function:
@@ -368,14 +369,17 @@ class Matcher:
             matched[step.number] = frames
             if len(frames):
                 res.verdict = "successor-observed" if via else "observed"
-                res.count = len(frames)
+                res.count = self.forest.count(frames)
                 # the shortest satisfying chain reads best
                 best = shortest_chain(self.forest, frames)
                 res.evidence = self.forest.chain(best)
                 res.mechanism = str(self.forest.frames.at[best, "mechanism"])
-                durations = self.forest.frames["duration_ns"].iloc[frames].dropna()
-                durations = durations[durations >= 0]
-                res.mean_ns = float(durations.mean()) if len(durations) else None
+                if self.forest.weights is None:
+                    durations = self.forest.frames["duration_ns"].iloc[frames].dropna()
+                    durations = durations[durations >= 0]
+                    res.mean_ns = float(durations.mean()) if len(durations) else None
+                else:  # counting mode: a frame stands for its calls (analysis/aggregate.py)
+                    res.mean_ns = weighted_mean_ns(self.forest, frames)
                 if returns_value(tp.get("return_type")):
                     names = tp.get("return_names") or {}
                     fr = self.forest.frames[["mechanism", "complete", "retval"]].iloc[frames]
@@ -384,21 +388,25 @@ class Matcher:
                     rv = rv.dropna().astype("int64").value_counts()
                     res.returns = {names.get(str(k), str(k)): int(v) for k, v in rv.items()}
                     missing = [r for r in step.expected_returns if r not in res.returns]
-                    if step.expected_returns:
+                    if step.expected_returns and not res.returns and isinstance(self.forest, AggregateForest):
+                        res.detail_returns = ("return values are not counted in aggregate mode (documented returns "
+                                              + ", ".join(step.expected_returns) + ")")
+                    elif step.expected_returns:
                         res.detail_returns = (
                             "documented returns " + ", ".join(f"{r} ({res.returns.get(r, 0)}×)" for r in step.expected_returns)
                             + (f"; never returned: {', '.join(missing)}" if missing else "")
                         )
                 if via:
-                    res.detail = f"{lead}observed {len(frames)}× {self._where(req)}"
+                    res.detail = f"{lead}observed {res.count}× {self._where(req)}"
                 else:
-                    calls = f"{len(frames)} call{'s' if len(frames) != 1 else ''}"
+                    calls = f"{res.count} call{'s' if res.count != 1 else ''}"
                     res.detail = f"{calls} {self._where(req)}"
                     if is_inlined(fp):  # issue 10 hook: the inline sites are the evidence
-                        res.detail = site_detail(fp, self.forest.frames, frames) + f"; {self._where(req)}"
+                        res.detail = (site_detail(fp, self.forest.frames, frames, self.forest.weights)
+                                      + f"; {self._where(req)}")
             else:
                 res.verdict = "not-exercised"
-                anywhere = len(self._frames(target))
+                anywhere = self.forest.count(self._frames(target))
                 unseen = [f for f in req if len(self._frames(f)) == 0]
                 if unseen:
                     why = f"caller {unseen[0]} never ran in this run"
@@ -435,7 +443,8 @@ class Matcher:
             anchor = req[-1] if req else None
             if anchor is None:
                 continue
-            for s, (ok, bad) in zip(sibs, sibling_order(self.forest, [matched[s.number] for s in sibs], anchor)):
+            order = order_counts if isinstance(self.forest, AggregateForest) else sibling_order
+            for s, (ok, bad) in zip(sibs, order(self.forest, [matched[s.number] for s in sibs], anchor)):
                 results[s.number].in_order += ok
                 results[s.number].out_of_order += bad
         for r in results.values():

@@ -52,7 +52,8 @@ def _step_tree(path: dict) -> str:
     def node(s: dict) -> str:
         ev = " &gt; ".join(_e(f) for f in s.get("evidence") or [])
         head = (f'<code>{_e(s["number"])}</code> <code>{_e(s["text"])}</code> '
-                f'<b class="v-{_e(s["verdict"])}">{_e(s["verdict"])}</b> ({_e(s.get("count", 0))})')
+                f'<b class="v-{_e(s["verdict"])}">{_e(s["verdict"])}</b> ({_e(s.get("count", 0))})'
+                + (f' <small>probe: {_e(s["probe"])}</small>' if s.get("probe") else ""))
         body = f'<div>{_e(s.get("detail"))}' + (f'<br>evidence: <code>{ev}</code>' if ev else "") + "</div>"
         kids = "".join(node(c) for c in children.get(s["number"], []))
         return f"<details open><summary>{head}</summary>{body}{kids}</details>"
@@ -112,7 +113,8 @@ def render_html(report: dict, out_dir: str | Path) -> str:
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>callpath report: {_e(report['kernel'])}"
              f"</title><style>{CSS}</style></head><body><h1>callpath path-conformance report</h1>",
              f"<p>kernel <code>{_e(report['kernel'])}</code> ({_e(report.get('where') or 'running kernel')}), probes: "
-             f"{_e(report.get('mechanism'))}; events {_e(report.get('events'))}, lost {_e(report.get('lost'))}.</p>",
+             f"{_e(report.get('mechanism'))}; events {_e(report.get('events'))}, lost {_e(report.get('lost'))}; "
+             f"mode: {_e(report.get('mode', 'per-event'))}.</p>",
              f"<p>Packet identity: {_e((report.get('packet_identity') or {}).get('how'))}.</p>",
              "<h2>Summary</h2><table id=\"summary\"><tr><th>path</th><th>source</th><th>observed / checkable</th>"
              "<th>packets end to end</th><th>p50 ns</th><th>p99 ns</th></tr>"]
@@ -126,7 +128,15 @@ def render_html(report: dict, out_dir: str | Path) -> str:
         parts.append(f'<section class="path" id="path-{i}"><h2>{_e(name)}</h2><p>Source: <code>{_e(p["source"])}</code>'
                      + (f'; triggered by <code>{_e(p["trigger"])}</code>' if p.get("trigger") else "") + "</p>"
                      + _step_tree(p) + "<h3>Packets</h3>" + _packets(p, names, out_dir) + "</section>")
-    if report.get("latency"):
+    if report.get("latency") and report.get("latency_source", "").startswith("counted"):
+        parts.append("<h2>Latency per call (entry to return), counted in the kernel (log2 buckets)</h2><p>No per-packet "
+                     "journeys: this mode keeps no skb identity.</p><table><tr><th>function</th><th>calls</th><th>p50</th>"
+                     "<th>p99</th><th>max</th><th>mean ns</th></tr>" + "".join(
+                         f"<tr><td><code>{_e(r['function'])}</code></td><td>{_e(r['count'])}</td><td>{_e(r['p50_range'])}</td>"
+                         f"<td>{_e(r['p99_range'])}</td><td>{_e(r['max_range'])}</td><td>{_num(r.get('mean_ns'))}</td></tr>"
+                         for r in report["latency"]) + "</table>")
+        parts += [_img(out_dir, r.get("plot"), r["function"]) for r in report["latency"]]
+    elif report.get("latency"):
         parts.append("<h2>Per-function latency (entry to return)</h2><table><tr><th>function</th><th>calls</th><th>p50 ns</th>"
                      "<th>p99 ns</th><th>max ns</th></tr>" + "".join(
                          f"<tr><td><code>{_e(r['function'])}</code></td><td>{_e(r['count'])}</td><td>{_num(r['p50_ns'])}</td>"

@@ -115,19 +115,22 @@ def is_inlined(fp: dict | None) -> bool:
 
 def site_label(fp: dict, slot: int) -> str:
     """``symbol+offset`` of the inline site probed in ``slot`` (``#slot`` when unknown)."""
+    if slot < 0:
+        return "a site not told apart"
     for s in fp.get("inline_sites", []):
         if s.get("func_id") == slot:
             return s.get("probe") or f"{s['symbol']}+{s['offset']}"
     return f"#{slot}"
 
 
-def site_detail(fp: dict, frames: pd.DataFrame, matched) -> str:
+def site_detail(fp: dict, frames: pd.DataFrame, matched, weights=None) -> str:
     """Evidence of an inlined step: where it is inlined and which sites fired, how often.
 
     Args:
         fp: the function's plan entry (status ``inlined``, ``inline_sites``).
         frames: the forest's frames (with ``site_slot``).
         matched: ids of the frames that satisfied the step.
+        weights: calls per frame id (counting mode, ``analysis.aggregate``), or None: one each.
 
     Returns:
         ``"inlined into macvlan_start_xmit; seen at inline site macvlan_start_xmit+33
@@ -135,7 +138,10 @@ def site_detail(fp: dict, frames: pd.DataFrame, matched) -> str:
     """
     holders = list(dict.fromkeys(s["symbol"] for s in fp.get("inline_sites", [])))
     slots = frames["site_slot"].to_numpy()[np.asarray(matched, dtype=np.int64)] if "site_slot" in frames else []
-    counts = pd.Series(slots).value_counts()
+    if weights is None:
+        counts = pd.Series(slots).value_counts()
+    else:
+        counts = pd.Series(np.asarray(weights)[np.asarray(matched, dtype=np.int64)]).groupby(np.asarray(slots)).sum()
     seen = ", ".join(f"{site_label(fp, int(k))} {int(v)}×" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (f"inlined into {', '.join(holders)}; seen at inline site{'s' if len(counts) > 1 else ''} {seen} "
             "(entry only: an inline site has no return, no duration)")

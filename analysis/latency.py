@@ -9,6 +9,7 @@ calls handles one packet, so each complete frame with a non-zero skb is one samp
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .calltree import CallForest
@@ -62,3 +63,46 @@ def latency_stats(samples: pd.DataFrame) -> pd.DataFrame:
     )
     order = list(dict.fromkeys(samples["function"]))
     return out.set_index("function").loc[order].reset_index()[STAT_COLUMNS]
+
+
+def _range(lo: int, hi: int) -> str:
+    """``[lo, hi)`` of a log2 bucket in ns, us or ms: ``"[1.0 us, 2.0 us)"``."""
+    def f(v):
+        return f"{v} ns" if v < 2**10 else f"{v / 1e3:.1f} us" if v < 2**20 else f"{v / 1e6:.1f} ms"
+    return f"[{f(lo)}, {f(hi)})"
+
+
+def bucket_stats(hist: pd.DataFrame, means: dict[str, float], functions: list[str] | None = None) -> pd.DataFrame:
+    """Latency per function from the kernel's log2 buckets (counting mode).
+
+    Args:
+        hist: :func:`analysis.aggregate.hist_table` rows (``function``, ``bucket``,
+            ``count``, ``lo_ns``, ``hi_ns``).
+        means: function -> exact mean duration (ns), from the paths' ``sum_ns / calls``.
+        functions: order of the rows (plan slot order); others follow by name.
+
+    Returns:
+        columns :data:`STAT_COLUMNS` plus ``p50_range``, ``p90_range``, ``p99_range``,
+        ``max_range`` (the bucket holding the quantile, ``"[1.0 us, 2.0 us)"``) and
+        ``buckets`` (list of ``{"bucket", "lo_ns", "hi_ns", "count"}``). The ``*_ns``
+        quantiles are the upper bounds of their buckets (durations are known to
+        within a factor of 2), ``mean_ns`` is exact.
+    """
+    cols = STAT_COLUMNS + ["p50_range", "p90_range", "p99_range", "max_range", "buckets"]
+    if not len(hist):
+        return pd.DataFrame(columns=cols)
+    order = list(dict.fromkeys([f for f in (functions or []) if f in set(hist["function"])]
+                               + sorted(set(hist["function"]))))
+    rows = []
+    for fn, g in hist.groupby("function", sort=False):
+        cum = g["count"].cumsum().to_numpy()
+        total = int(cum[-1])
+        row = {"function": fn, "count": total, "mean_ns": means.get(fn)}
+        for key, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)):
+            i = int(np.searchsorted(cum, q * total, side="left"))
+            lo, hi = int(g["lo_ns"].iloc[i]), int(g["hi_ns"].iloc[i])
+            row[f"{key}_ns"], row[f"{key}_range"] = float(hi), _range(lo, hi)
+        row["buckets"] = g[["bucket", "lo_ns", "hi_ns", "count"]].astype(int).to_dict("records")
+        rows.append(row)
+    out = pd.DataFrame(rows).set_index("function").loc[order].reset_index()
+    return out[cols]

@@ -137,7 +137,7 @@ def assign_packets(forest: CallForest, plan: dict[str, dict], window_ns: int = D
     if not len(fr):
         return empty
     netlink = {n for n, fp in plan.items() if fp.get("netlink")}
-    kp = fr.loc[(fr["mechanism"] == "kprobe") & ~fr["function"].isin(netlink),  # the columns used: less to copy
+    kp = fr.loc[fr["mechanism"].isin(["kprobe", "fentry"]) & ~fr["function"].isin(netlink),  # the columns used: less to copy
                 ["frame", "function", "skb", "start_ns", "end_ns", "complete", "retval"]]
     has_skb = kp[kp["skb"] != 0]
     frees = has_skb[has_skb["function"].isin(FREE_FUNCTIONS)]

@@ -49,6 +49,40 @@ def plot_latency_histogram(ax, durations_ns: np.ndarray, function: str, stats: d
     return ax.figure
 
 
+def plot_log2_histogram(ax, buckets: list[dict], function: str):
+    """Bars of one function's kernel-counted log2 latency buckets on ``ax`` (counting mode).
+
+    Args:
+        buckets: ``[{"bucket", "lo_ns", "hi_ns", "count"}]`` (``analysis.latency.bucket_stats``),
+            bucket b holding durations in [2^b, 2^(b+1)) ns.
+    Returns:
+        the Axes' figure.
+    """
+    lo = np.array([b["lo_ns"] for b in buckets], dtype=float)
+    hi = np.array([b["hi_ns"] for b in buckets], dtype=float)
+    counts = np.array([b["count"] for b in buckets], dtype=float)
+    if len(counts):
+        left = np.maximum(lo, 1.0)
+        ax.bar(left, counts, width=hi - left, align="edge", color="#4878a8", edgecolor="white", linewidth=0.3)
+        ax.set_xscale("log", base=2)
+    ax.set_title(f"{function}: latency counted in the kernel (log2 buckets, n={int(counts.sum())})", fontsize=10)
+    ax.set_xlabel("entry to return (ns)")
+    ax.set_ylabel("calls")
+    return ax.figure
+
+
+def log2_histogram_jobs(stats: pd.DataFrame) -> tuple[dict[str, str], list[tuple]]:
+    """Plan ``latency-<function>.png`` from ``analysis.latency.bucket_stats`` rows without drawing.
+
+    Returns ``(function -> file name, jobs)``; :func:`draw` draws the jobs."""
+    names, jobs = {}, []
+    for row in stats.to_dict("records") if len(stats) else []:
+        name = f"latency-{safe_name(row['function'])}.png"
+        jobs.append(("log2", name, (list(row["buckets"]), row["function"])))
+        names[row["function"]] = name
+    return names, jobs
+
+
 def safe_name(function: str) -> str:
     """A file-name-safe form of a function name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", function)
@@ -177,7 +211,7 @@ def _draw_here(jobs: list[tuple], out_dir: str) -> int:
         fig.clear()
         fig.subplots_adjust(**_MARGINS)
         ax = fig.add_subplot()
-        (plot_latency_histogram if kind == "latency" else plot_path_latency)(ax, *args)
+        {"latency": plot_latency_histogram, "log2": plot_log2_histogram}.get(kind, plot_path_latency)(ax, *args)
         fig.savefig(out / name)
     return len(jobs)
 

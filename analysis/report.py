@@ -12,8 +12,17 @@
       "paths": [{"name", "source", "spec", "number", "trigger",
                  "summary": {"observed", "checkable", "verdicts": {...}},
                  "steps": [{"number", "function", "verdict", "count", "evidence", ...}]}],
-      "latency": [{"function", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "mean_ns", "plot"}]
+      "latency": [{"function", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "mean_ns", "plot"}],
+      "mode": "per-event" | "aggregate (counted in BPF maps)",
+      "aggregate": null | {"max_depth", "depth_overflow", "unmatched_returns", "threads_evicted", "paths"},
+      "latency_source": "per-packet samples (entry to return)" | "counted in the kernel (log2 buckets)",
+      "probes": {name: "fentry" | "kprobe" | "inline-site"}   # per probed function (old traces: kprobe)
     }
+
+In aggregate mode (``analysis/aggregate.py``) the counts are weighted frames;
+latency rows come from the kernel's log2 buckets (their ``*_ns`` quantiles are
+bucket upper bounds, with ``*_range`` and ``buckets`` beside them) and there
+are no per-packet journeys (no skb identity is kept).
 """
 
 from __future__ import annotations
@@ -23,13 +32,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .aggregate import build_aggregate_forest, hist_table, is_aggregate, mean_ns_by_function, mode_label, probe_kind
 from .calltree import build_forest
 from .conformance import VERDICTS, check_specs, unrecorded_functions
-from .latency import hot_path_functions, latency_stats, packet_samples
+from .latency import bucket_stats, hot_path_functions, latency_stats, packet_samples
 from .html_report import write_html
 from .journeys import report_blocks
 from .packets import assign_packets
-from .plots import draw, histogram_jobs, path_plot_jobs
+from .plots import draw, histogram_jobs, log2_histogram_jobs, path_plot_jobs
 from .spec import Spec
 from .textsafe import md_code, md_markup, md_text, terminal
 from .trace import Trace
@@ -47,19 +57,26 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
     Returns:
         the report as a JSON-serialisable dict (layout in the module docstring).
     """
-    forest = build_forest(trace.events)
+    aggregate = is_aggregate(trace.meta)
+    forest = build_aggregate_forest(trace.meta, trace.events) if aggregate else build_forest(trace.events)
     n_events = int(len(trace.events))
     if release_events:
         trace.events = trace.events.iloc[0:0].copy()  # a slice would keep the columns alive
     plan = trace.meta.get("plan", {}).get("functions", {})
     failed = trace.meta.get("attach_failed", {})
     results = check_specs(specs, forest, plan, failed)
-    samples = packet_samples(forest, hot_path_functions(plan))
-    stats = latency_stats(samples)
     jobs: list = []
     plots = {}
-    if out_dir is not None:
-        plots, jobs = histogram_jobs(samples, stats)
+    if aggregate:  # the kernel's log2 buckets, every probed function with a duration
+        slots = sorted((fp["func_id"], n) for n, fp in plan.items() if fp.get("func_id") is not None)
+        stats = bucket_stats(hist_table(trace.meta), mean_ns_by_function(trace.meta), [n for _, n in slots])
+        if out_dir is not None:
+            plots, jobs = log2_histogram_jobs(stats)
+    else:
+        samples = packet_samples(forest, hot_path_functions(plan))
+        stats = latency_stats(samples)
+        if out_dir is not None:
+            plots, jobs = histogram_jobs(samples, stats)
     packets = assign_packets(forest, plan)
     blocks = report_blocks(specs, forest, plan, packets, failed)
     paths = []
@@ -67,6 +84,8 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
         for pr in path_results:
             d = pr.to_dict()
             d["spec"] = spec.source
+            for st in d["steps"]:  # the probe kind of the function carrying the evidence
+                st["probe"] = probe_kind(plan.get(st.get("successor") or st.get("function") or ""))
             pj, d["packets"] = blocks[len(paths)]
             if out_dir is not None and d["packets"]["count"]:
                 d["packets"]["plots"], more = path_plot_jobs(str(len(paths)), f"{pr.number}. {pr.name[:40]}",
@@ -102,8 +121,13 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
         "fields": trace.meta.get("plan", {}).get("fields", {}),
         "paths": paths,
         "latency": latency,
-        "packet_identity": {"mode": packets.mode, "how": packets.describe(), "lifetimes": int(len(packets.lifetimes)),
+        "packet_identity": {"mode": packets.mode, "how": packets.describe() if not aggregate else NO_JOURNEYS,
+                            "lifetimes": int(len(packets.lifetimes)),
                             "free_events": packets.free_events, "fork_events": packets.fork_events},
+        "mode": mode_label(trace.meta),
+        "aggregate": getattr(forest, "counters", None),
+        "latency_source": "counted in the kernel (log2 buckets)" if aggregate else "per-packet samples (entry to return)",
+        "probes": {n: k for n, k in ((n, probe_kind(fp)) for n, fp in plan.items()) if k},
         "verdict_vocabulary": list(VERDICTS),
         # issue 10: inlined functions probed at their inline sites (analysis/instants.py)
         "inline_sites": inline_site_rows(forest, plan),
@@ -115,8 +139,13 @@ def inline_site_rows(forest, plan: dict[str, dict]) -> list[dict]:
     """Per inlined function: its probed sites and how often each fired. An inline site has
     no return, so no duration: ``latency`` is the fixed text ``"inline site: no return"``."""
     fr = forest.frames
-    slots = fr.loc[fr["mechanism"].astype(object) == "inline-site", "site_slot"] if "site_slot" in fr else pd.Series([], dtype="int64")
-    counts = slots.value_counts()
+    sites = (fr["mechanism"].astype(object) == "inline-site").to_numpy() if "site_slot" in fr else None
+    if sites is None:
+        counts = pd.Series([], dtype="int64")
+    elif forest.weights is None:
+        counts = fr.loc[sites, "site_slot"].value_counts()
+    else:  # counting mode: a frame stands for its calls
+        counts = pd.Series(forest.weights[sites]).groupby(fr["site_slot"].to_numpy()[sites]).sum()
     out = []
     for name, fp in plan.items():
         if fp.get("status") != "inlined":
@@ -127,6 +156,11 @@ def inline_site_rows(forest, plan: dict[str, dict]) -> list[dict]:
         out.append({"function": name, "count": sum(x["count"] or 0 for x in sites), "sites": sites,
                     "latency": "inline site: no return"})
     return out
+
+
+#: ``packet_identity.how`` of a counting-mode report.
+NO_JOURNEYS = ("none in aggregate mode: the kernel counts calls per path and keeps no skb identity, "
+               "so there are no per-packet journeys")
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -155,6 +189,7 @@ def render_markdown(report: dict) -> str:
         + (f" ({report.get('lost_returns', 0)} closed by an enclosing return, {report.get('open_at_end', 0)} still open "
            "at trace end; they prove no nesting)" if report["unterminated"] else ""),
     ]
+    lines.append(f"- mode: {_md_escape(report.get('mode', 'per-event'))}" + _aggregate_counters(report.get("aggregate")))
     back = report.get("time_backwards") or {}
     if back.get("count"):
         f = back["first"]
@@ -191,7 +226,7 @@ def render_markdown(report: dict) -> str:
                 extra.append(f"probed as {_md_code(s['symbol'])}")
             if s.get("returns") and "observed" in s["verdict"]:
                 extra.append("returns " + ", ".join(f"{_md_escape(k)}×{v}" for k, v in list(s["returns"].items())[:4]))
-            if s.get("mechanism") and s["mechanism"] != "kprobe":
+            if s.get("mechanism") and s["mechanism"] not in ("kprobe", "fentry"):
                 extra.append(f"evidence from {_md_escape(s['mechanism'])}")
             if s.get("detail_returns"):
                 extra.append(md_markup(s["detail_returns"]))
@@ -202,8 +237,11 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {_md_escape(s['number'])} | {_md_code(s['text'])}{(' — ' + _md_escape(label)) if label else ''} | "
                          f"**{_md_escape(s['verdict'])}** | {s['count']} | {detail} |")
     lines += _packets_markdown(report)
-    lines += ["", "## Per-packet latency (entry to return)", ""]
-    if report["latency"]:
+    counted = report.get("latency_source", "").startswith("counted")
+    lines += _bucket_latency_markdown(report) if counted else ["", "## Per-packet latency (entry to return)", ""]
+    if counted:
+        pass
+    elif report["latency"]:
         lines += ["| function | calls | p50 ns | p90 ns | p99 ns | max ns | histogram |", "|---|---|---|---|---|---|---|"]
         for r in report["latency"]:
             plot = f"![{_md_escape(r['function'])}]({r['plot']})" if r.get("plot") else ""
@@ -220,13 +258,42 @@ def render_markdown(report: dict) -> str:
     elif not report.get("inline", {}).get("checked"):
         lines += ["", "Inlining could not be checked (no DWARF looked at): absent functions may be inlined or "
                   "removed; install the kernel's debug info (`tools/fetch-debuginfo.sh RELEASE`) or pass --debuginfo DIR."]
-    lines += ["", "## Probe plan", "", "| function | status | symbol | module | skb arg | reason |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Probe plan", "", "| function | status | probe | symbol | module | skb arg | reason |",
+              "|---|---|---|---|---|---|---|"]
+    probes = report.get("probes") or {}
     for name, fp in report["plan"].items():
-        lines.append(f"| {_md_code(name)} | {_md_escape(fp['status'])} | {_md_escape(fp.get('symbol') or '')} | "
+        lines.append(f"| {_md_code(name)} | {_md_escape(fp['status'])} | {_md_escape(probes.get(name, ''))} | "
+                     f"{_md_escape(fp.get('symbol') or '')} | "
                      f"{_md_escape(fp.get('module') or '')} | {_md_escape(fp.get('skb_arg') or '')} | "
                      f"{_md_escape(fp.get('reason', ''))} |")
     lines += ["", "Verdicts: " + ", ".join(f"`{v}`" for v in VERDICTS) + ".", ""]
     return "\n".join(lines)
+
+
+def _aggregate_counters(counters: dict | None) -> str:
+    """The kernel's counting-mode counters as a clause for the mode line ("" per-event)."""
+    if not counters:
+        return ""
+    return (f": {counters.get('paths', 0)} distinct paths of probed functions; stack depth kept "
+            f"{counters.get('max_depth', 0)}, entries beyond it {counters.get('depth_overflow', 0)}, returns without "
+            f"their entry on the stack {counters.get('unmatched_returns', 0)}, threads evicted from the stack map "
+            f"{counters.get('threads_evicted', 0)}")
+
+
+def _bucket_latency_markdown(report: dict) -> list[str]:
+    """The counting-mode latency section: per function, the kernel's log2 buckets."""
+    lines = ["", "## Latency per call (entry to return), counted in the kernel (log2 buckets)", "",
+             "Quantiles are the log2 buckets holding them (durations known within a factor of 2); the mean is exact. "
+             "No per-packet journeys: this mode keeps no skb identity.", ""]
+    if not report["latency"]:
+        return lines + ["No probed function completed a call in this trace."]
+    lines += ["| function | calls | p50 | p90 | p99 | max | mean ns | histogram |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["latency"]:
+        plot = f"![{_md_escape(r['function'])}]({r['plot']})" if r.get("plot") else ""
+        mean = f"{r['mean_ns']:,.0f}" if r.get("mean_ns") is not None else ""
+        lines.append(f"| {_md_code(r['function'])} | {r['count']} | {r['p50_range']} | {r['p90_range']} | "
+                     f"{r['p99_range']} | {r['max_range']} | {mean} | {plot} |")
+    return lines
 
 
 def _packets_markdown(report: dict) -> list[str]:

@@ -6,9 +6,17 @@ probed function). The metadata record (a JSON object) is stored twice: inside
 the Parquet file's schema metadata under the key ``callpath`` (so one file is
 self-contained) and beside it as ``<name>.meta.json`` for people and ``jq``.
 
-Metadata keys: ``kernel`` (release), ``mechanism``, ``plan`` (probe plan dict),
-``specs`` (files read), ``events``, ``lost``, ``workloads``, ``started``/
-``ended`` (ISO-8601 UTC), ``host`` (machine name), ``lab`` (lab VM facts or null).
+Metadata keys: ``kernel`` (release), ``mechanism`` (how the functions were
+attached, one line), ``plan`` (probe plan dict: each function's ``probe``),
+``specs`` (files read), ``events``, ``lost`` (events the kernel dropped),
+``lost_per_cpu`` (the same per CPU, index = CPU), ``workloads``, ``started``/
+``ended`` (ISO-8601 UTC), ``host`` (machine name), ``lab`` (lab VM facts or null),
+``mode`` (``events`` or ``aggregate``), ``probes`` (``auto``/``kprobe``/``fentry``
+as asked), ``filters`` (in-kernel filters: ``netns`` inode, ``ifindex``, ``tgid``),
+``aggregate`` (counting mode: the in-kernel counts, see ``probes/record.py``).
+
+Traces are written whole by :func:`write_trace`, or in row groups while the run
+goes on by :class:`probes.stream.TraceStream`; both read the same.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ READ_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())
 #: How an event was recorded (the ``mechanism`` column).
 MECHANISMS = {
     "kprobe": "kprobe/kretprobe with bcc, ring buffer",
+    "fentry": "fentry/fexit (BPF trampoline) with bcc, ring buffer",
     "function_graph": "ftrace function_graph tracer at boot (kernel command line)",
     "kprobe_events": "tracefs kprobe events while the module loaded",
     "inline-site": "entry-only kprobe at an inline site (symbol+offset from DWARF), no return",
@@ -138,6 +147,45 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     pq.write_table(table, path, compression="zstd")
     path.with_suffix(".meta.json").write_text(meta_json + "\n")
     return path
+
+
+def read_meta(path: str | Path) -> dict:
+    """The metadata record of a trace file, read from its footer only (no events decoded).
+
+    Raises:
+        TraceError: not a Parquet trace, or no/bad callpath metadata.
+    """
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    except (pa.ArrowException, OSError) as err:
+        raise TraceError(f"{path}: not a Parquet trace ({str(err).splitlines()[0] if str(err) else err!r})") from None
+    if raw is None:
+        raise TraceError(f"{path}: Parquet file without callpath metadata (not written by callpath)")
+    return check_meta(raw, str(path))
+
+
+def copy_trace(src: str | Path, dst: str | Path, meta: dict) -> Path:
+    """Copy the trace ``src`` to ``dst`` with the metadata record ``meta``, one row group at a
+    time (memory: one row group, whatever the trace's size). ``<dst stem>.meta.json`` is written too.
+
+    Raises:
+        TraceError: ``src`` is not a trace with the columns of :data:`SCHEMA`.
+        OSError: ``dst`` cannot be written.
+    """
+    dst = Path(dst)
+    try:
+        pf = pq.ParquetFile(src)
+        if pf.schema_arrow.names != SCHEMA.names:
+            raise TraceError(f"{src}: trace columns {pf.schema_arrow.names} differ from {SCHEMA.names}")
+        meta_json = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        with pq.ParquetWriter(dst, SCHEMA, compression="zstd", store_schema=False) as w:
+            for i in range(pf.metadata.num_row_groups):
+                w.write_table(pf.read_row_group(i).cast(SCHEMA))
+            w.add_key_value_metadata({META_KEY: meta_json.encode()})
+    except pa.ArrowException as err:
+        raise TraceError(f"{src}: cannot copy the trace ({str(err).splitlines()[0]})") from None
+    dst.with_suffix(".meta.json").write_text(meta_json + "\n")
+    return dst
 
 
 def read_trace(path: str | Path) -> Trace:
@@ -251,6 +299,11 @@ _META_FIELDS = {
              and all(isinstance(fp, dict) and isinstance(fp.get("status", ""), str) for fp in v.get("functions", {}).values()),
              "an object whose 'functions' maps names to objects"),
     "lab": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "lost_per_cpu": (lambda v: isinstance(v, list) and all(_is_count(x) for x in v), "an array of counts"),
+    "mode": (lambda v: v in ("events", "aggregate"), "'events' or 'aggregate'"),
+    "filters": (lambda v: isinstance(v, dict), "an object"),
+    "aggregate": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k, []), list) for k in ("paths", "order", "hist")),
+                  "an object whose paths, order and hist are arrays"),
 }
 
 

@@ -1,27 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * callpath: record entry and return of every planned kernel function.
+ * callpath: record (or count) entry and return of every planned kernel function.
  *
- * Loaded with bcc (probes/loader.py). One kprobe and one kretprobe per planned
- * function; each attaches to its own small handler (entry_N / ret_N) so the
- * function id is known without bpf_get_func_ip(), which kretprobes on older
- * kernels lack. Per-function argument facts (which argument is the skb or the
- * net_device, from BTF) reach the program through the func_cfg array, filled
- * by the loader before any probe is attached.
+ * Loaded with bcc (probes/loader.py). Two ways in, chosen per function by the
+ * loader and written in the plan:
  *
- * Settings from the loader, as cflags: CALLPATH_MAX_FUNCS (slots, default 128),
- * CALLPATH_RINGBUF_PAGES (ring buffer size in pages, power of two), and the
- * byte offsets of the kernel fields read, taken from the target kernel's BTF by
- * probes/fields.py (-1: not resolved, not read):
- *   CALLPATH_OFF_SKB_DEV       struct sk_buff, member dev (struct net_device *)
- *   CALLPATH_OFF_DEV_IFINDEX   struct net_device, member ifindex (int)
- *   CALLPATH_OFF_DEV_NET       struct net_device, member nd_net.net (struct net *)
- *   CALLPATH_OFF_NET_INUM      struct net, member ns.inum (unsigned int)
+ *   kprobe/kretprobe  one small handler per slot (entry_N / ret_N) notes its slot
+ *                     and tail-calls a shared worker (on_entry / on_return), so the
+ *                     function id is known without bpf_get_func_ip(), which
+ *                     kretprobes on older kernels lack;
+ *   fentry/fexit      handlers fentry_N / fexit_N generated per function by
+ *                     probes/bpfgen.py and appended to this file: the BPF
+ *                     trampoline passes the arguments (and, to fexit, the return
+ *                     value) as an array of u64, read at constant indexes.
+ *
+ * Both end in handle(), which either streams one struct callpath_event into the
+ * ring buffer, or (CALLPATH_AGGREGATE) counts in BPF maps along a per-thread
+ * stack of the probed frames (paths, first-seen child order, log2 latency).
+ *
+ * Settings from the loader, as cflags (probes/loader.py bpf_cflags):
+ *   CALLPATH_MAX_FUNCS        slots (default 128)
+ *   CALLPATH_RINGBUF_PAGES    ring buffer size in pages, power of two
+ *   CALLPATH_AGGREGATE        1: count in maps, stream nothing
+ *   CALLPATH_FILTER_TGID      keep only this process id (0: no filter)
+ *   CALLPATH_FILTER_NETNS     keep only devices of this netns inode (0: no filter)
+ *   CALLPATH_FILTER_IFINDEX   keep only this ifindex (0: no filter)
+ *   CALLPATH_OFF_SKB_DEV      struct sk_buff, member dev (struct net_device *)
+ *   CALLPATH_OFF_DEV_IFINDEX  struct net_device, member ifindex (int)
+ *   CALLPATH_OFF_DEV_NET      struct net_device, member nd_net.net (struct net *)
+ *   CALLPATH_OFF_NET_INUM     struct net, member ns.inum (unsigned int)
+ * The offsets come from the target kernel's BTF (probes/fields.py); -1: not read.
  *
  * No kernel-internal header is included: struct layouts differ between kernels
  * and headers such as linux/netdevice.h stop compiling with an older bcc on a
- * newer kernel (linux/bpf.h needs uapi types bcc's bundled bpf.h lacks). Fields
- * are read with bpf_probe_read_kernel at the offsets above, like CO-RE does.
+ * newer kernel. Fields are read with bpf_probe_read_kernel at the offsets above,
+ * like CO-RE does.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -33,22 +46,427 @@
 #ifndef CALLPATH_RINGBUF_PAGES
 #define CALLPATH_RINGBUF_PAGES 256
 #endif
+#ifndef CALLPATH_AGGREGATE
+#define CALLPATH_AGGREGATE 0
+#endif
+#ifndef CALLPATH_FILTER_TGID
+#define CALLPATH_FILTER_TGID 0
+#endif
+#ifndef CALLPATH_FILTER_NETNS
+#define CALLPATH_FILTER_NETNS 0
+#endif
+#ifndef CALLPATH_FILTER_IFINDEX
+#define CALLPATH_FILTER_IFINDEX 0
+#endif
 #if !defined(CALLPATH_OFF_SKB_DEV) || !defined(CALLPATH_OFF_DEV_IFINDEX) || \
     !defined(CALLPATH_OFF_DEV_NET) || !defined(CALLPATH_OFF_NET_INUM)
 #error "field offsets come from the loader (probes/fields.py): -DCALLPATH_OFF_...=BYTES or -1"
 #endif
 
+#define CALLPATH_DEV_FILTER (CALLPATH_FILTER_NETNS != 0 || CALLPATH_FILTER_IFINDEX != 0)
+/* the per-thread stack of probed frames: for counting, and for filters on devices */
+#define CALLPATH_STACK (CALLPATH_AGGREGATE || CALLPATH_DEV_FILTER)
+#define CP_DEPTH 16      /* probed frames kept per thread; keep in step with probes/loader.py */
+#define CP_BUCKETS 64    /* log2 latency buckets per function */
+
+#define CFG_ENTRY_ONLY 1 /* func_cfg.flags: an inline site, no return */
+
 struct func_cfg {
 	u8 skb_arg;     /* 1-based argument holding the skb, 0 none */
 	u8 skb_depth;   /* 1: struct sk_buff *, 2: struct sk_buff ** */
 	u8 netdev_arg;  /* 1-based argument holding a struct net_device *, 0 none */
-	u8 pad[5];
+	u8 flags;       /* CFG_ENTRY_ONLY */
+	u8 pad[4];
 };
 
 BPF_ARRAY(func_cfg, struct func_cfg, CALLPATH_MAX_FUNCS);
+/* [0] events dropped (ring buffer full, tail call failed), per CPU */
+BPF_PERCPU_ARRAY(lost, u64, 1);
+
+#if CALLPATH_STACK
+/*
+ * Index into the per-thread arrays, bounded for the verifier. The mask is done
+ * in inline assembly because clang drops "& (CP_DEPTH - 1)" when it can prove
+ * the range itself, and the verifier, which cannot, then refuses the access.
+ */
+static __always_inline u64 slot_of(s64 i)
+{
+	u64 v = (u64)i;
+
+	asm volatile("%0 &= 15" : "+r"(v));
+	return v;
+}
+
+struct tstate {
+	u32 depth;              /* frames on ids[] */
+	u32 over;               /* entries beyond CP_DEPTH, not pushed */
+	u32 keep;               /* bit d: frame d passed the filters */
+	u32 pad;
+	u16 ids[CP_DEPTH];      /* func id + 1 of each open frame, 0 above the top */
+	u64 sp[CP_DEPTH];       /* its stack address at entry (see stack_entry) */
+#if CALLPATH_AGGREGATE
+	u64 t0[CP_DEPTH];       /* entry time, ns */
+	u64 seq[CP_DEPTH];      /* first 4 distinct probed children (id + 1), 16 bits each, first lowest */
+#endif
+};
+BPF_TABLE("lru_hash", u32, struct tstate, tstates, 16384);
+BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
+#endif
+
+#if CALLPATH_AGGREGATE
+struct pathkey { u16 ids[CP_DEPTH]; };
+struct pathval { u64 calls; u64 sum_ns; };
+struct orderkey { u16 ids[CP_DEPTH]; u64 seq; };
+BPF_HASH(paths, struct pathkey, struct pathval, 65536);
+BPF_HASH(orders, struct orderkey, u64, 65536);
+BPF_PERCPU_ARRAY(hist, u64, CALLPATH_MAX_FUNCS * CP_BUCKETS);
+/* [0] depth overflow, [1] unmatched returns, [2] paths/orders map full, [3] stale frames dropped */
+BPF_PERCPU_ARRAY(agg_err, u64, 4);
+
+static __always_inline void count_err(u32 i)
+{
+	u64 *n = agg_err.lookup(&i);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void count_hist(u32 i)
+{
+	u64 *n = hist.lookup(&i);
+
+	if (n)
+		*n += 1;
+}
+#else
 BPF_RINGBUF_OUTPUT(events, CALLPATH_RINGBUF_PAGES);
-/* [0]: events dropped because the ring buffer was full */
-BPF_ARRAY(lost, u64, 1);
+#endif
+
+/* add one to a per-CPU counter (per-CPU slot: no atomic needed) */
+static __always_inline void count_lost(void)
+{
+	u32 i = 0;
+	u64 *n = lost.lookup(&i);
+
+	if (n)
+		*n += 1;
+}
+
+struct devinfo { s32 ifindex; u32 netns; };
+
+/* ifindex and netns inode of a struct net_device at address dev */
+static __always_inline void read_dev(struct devinfo *d, u64 dev)
+{
+	u64 net = 0;
+
+	if (!dev)
+		return;
+#if CALLPATH_OFF_DEV_IFINDEX >= 0
+	bpf_probe_read_kernel(&d->ifindex, sizeof(d->ifindex), (void *)(dev + CALLPATH_OFF_DEV_IFINDEX));
+#endif
+#if CALLPATH_OFF_DEV_NET >= 0 && CALLPATH_OFF_NET_INUM >= 0
+	bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + CALLPATH_OFF_DEV_NET));
+	if (net)
+		bpf_probe_read_kernel(&d->netns, sizeof(d->netns), (void *)(net + CALLPATH_OFF_NET_INUM));
+#endif
+}
+
+/* the device of an entry: skb->dev, else the net_device argument */
+static __always_inline void entry_dev(struct devinfo *d, u64 skb, u64 dev)
+{
+#if CALLPATH_OFF_SKB_DEV >= 0
+	if (skb) {
+		u64 sdev = 0;
+		bpf_probe_read_kernel(&sdev, sizeof(sdev), (void *)(skb + CALLPATH_OFF_SKB_DEV));
+		read_dev(d, sdev);
+	}
+#endif
+	if (dev && !d->ifindex)
+		read_dev(d, dev);
+}
+
+/* -1: no device facts to judge by; 0: filtered out; 1: kept */
+static __always_inline int dev_match(struct devinfo *d)
+{
+	if (!d->ifindex && !d->netns)
+		return -1;
+	if (CALLPATH_FILTER_NETNS && d->netns != CALLPATH_FILTER_NETNS)
+		return 0;
+	if (CALLPATH_FILTER_IFINDEX && d->ifindex != CALLPATH_FILTER_IFINDEX)
+		return 0;
+	return 1;
+}
+
+#if !CALLPATH_AGGREGATE
+static __always_inline int emit(u32 id, u8 kind, u64 skb, struct devinfo *d, s64 retval)
+{
+	struct callpath_event *e;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->tid = (u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	e->cpu = bpf_get_smp_processor_id();
+	e->func_id = id;
+	e->kind = kind;
+	e->skb = skb;
+	e->ifindex = d->ifindex;
+	e->netns = d->netns;
+	e->retval = retval;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	/* BPF_RB_NO_WAKEUP (1): no irq_work per event; user space polls (probes/ringread.py) */
+	events.ringbuf_submit(e, 1);
+	return 0;
+}
+#endif
+
+#if CALLPATH_STACK
+static __always_inline struct tstate *thread_state(void)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid(), zero = 0;
+	struct tstate *st, *init;
+
+	if (!tid)  /* the idle task runs on every CPU at once */
+		tid = 0x80000000u | bpf_get_smp_processor_id();
+	st = tstates.lookup(&tid);
+	if (st)
+		return st;
+	init = tzero.lookup(&zero);
+	if (!init)
+		return 0;
+	tstates.update(&tid, init);
+	return tstates.lookup(&tid);
+}
+
+#if CALLPATH_AGGREGATE
+/* the path key of frames 0..top (ids above top read as 0) */
+static __always_inline void path_of(struct pathkey *k, struct tstate *st, int top)
+{
+#pragma unroll
+	for (int j = 0; j < CP_DEPTH; j++)
+		k->ids[j] = j <= top ? st->ids[j] : 0;
+}
+
+static __always_inline void count_path(struct pathkey *k, u64 ns)
+{
+	struct pathval zero = {}, *v = paths.lookup_or_try_init(k, &zero);
+
+	if (!v) {
+		count_err(2);
+		return;
+	}
+	__sync_fetch_and_add(&v->calls, 1);
+	__sync_fetch_and_add(&v->sum_ns, ns);
+}
+
+/* note child id1 (func id + 1) in the first-seen order of frame d */
+static __always_inline void note_child(struct tstate *st, int d, u16 id1)
+{
+	u64 seq;
+
+	if (d < 0 || d >= CP_DEPTH)
+		return;
+	seq = st->seq[slot_of(d)];
+#pragma unroll
+	for (int s = 0; s < 4; s++) {
+		u16 v = (seq >> (16 * s)) & 0xffff;
+		if (v == id1)
+			return;
+		if (!v) {
+			st->seq[slot_of(d)] = seq | ((u64)id1 << (16 * s));
+			return;
+		}
+	}
+}
+#endif /* CALLPATH_AGGREGATE */
+
+/*
+ * Push an entry on the thread's stack. Returns whether the frame passed the
+ * filters (a frame without device facts inherits its nearest enclosing frame's).
+ *
+ * sp is a stack address of the new frame: the traced function's stack pointer
+ * at entry (kprobe), or the trampoline's argument array (fentry). Every callee
+ * of an open frame sits strictly deeper (lower) on the same kernel stack, so an
+ * open frame at or below sp on the same stack (same THREAD_SIZE-aligned 16 KiB
+ * region: task stack or IRQ stack, x86-64) has returned without its return
+ * being seen (a kretprobe miss): it is dropped, uncounted, before the push.
+ */
+static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int entry_only, u64 sp)
+{
+	u32 d = st->depth;
+	int keep;
+
+	if (d > CP_DEPTH)
+		d = CP_DEPTH;
+	if (sp && !st->over) {
+#pragma unroll
+		for (int i = CP_DEPTH - 1; i >= 0; i--) {
+			u64 top = st->sp[i];
+			if (i == (int)d - 1 && top && (top >> 14) == (sp >> 14) && top <= sp) {
+				st->ids[i] = 0;
+				d = i;
+#if CALLPATH_AGGREGATE
+				count_err(3);
+#endif
+			}
+		}
+		st->depth = d;
+	}
+	keep = match >= 0 ? match : (d ? (st->keep >> ((d - 1) & 31)) & 1 : 1);
+#if CALLPATH_AGGREGATE
+	if (keep) {
+		note_child(st, (int)d - 1, id + 1);
+		if (entry_only && d < CP_DEPTH) {  /* an inline site: a leaf counted at its entry */
+			struct pathkey k = {};
+			path_of(&k, st, (int)d - 1);
+			k.ids[slot_of(d)] = id + 1;
+			count_path(&k, 0);
+		}
+	}
+#endif
+	if (entry_only)
+		return keep;
+	if (d >= CP_DEPTH) {
+		st->over++;
+#if CALLPATH_AGGREGATE
+		count_err(0);
+#endif
+		return keep;
+	}
+	st->ids[slot_of(d)] = id + 1;
+	st->sp[slot_of(d)] = sp;
+#if CALLPATH_AGGREGATE
+	st->t0[slot_of(d)] = bpf_ktime_get_ns();
+	st->seq[slot_of(d)] = 0;
+#endif
+	if (keep)
+		st->keep |= 1u << d;
+	else
+		st->keep &= ~(1u << d);
+	st->depth = d + 1;
+	return keep;
+}
+
+/* Pop the frame of function id. Returns whether it had passed the filters. */
+static __always_inline int stack_return(struct tstate *st, u32 id)
+{
+	u32 d = st->depth;
+	int found = -1, keep;
+
+	if (st->over) {
+		st->over--;
+		return d ? (st->keep >> ((d - 1) & 31)) & 1 : 1;
+	}
+	if (d > CP_DEPTH)
+		d = CP_DEPTH;
+#pragma unroll
+	for (int i = CP_DEPTH - 1; i >= 0; i--) {
+		if (found < 0 && i < (int)d && st->ids[i] == id + 1)
+			found = i;
+	}
+	if (found < 0) {  /* its entry was not seen (probe attached mid-call, or dropped) */
+#if CALLPATH_AGGREGATE
+		count_err(1);
+		return 0;
+#else
+		return d ? (st->keep >> ((d - 1) & 31)) & 1 : 1;
+#endif
+	}
+	keep = (st->keep >> (found & 31)) & 1;
+#if CALLPATH_AGGREGATE
+	if (keep) {
+		struct orderkey ok = {};
+		u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];
+		u64 seq = st->seq[slot_of(found)];
+		u32 b = ns ? bpf_log2l(ns) : 0;
+
+		path_of((struct pathkey *)&ok, st, found);
+		count_path((struct pathkey *)&ok, ns);
+		if (b >= CP_BUCKETS)
+			b = CP_BUCKETS - 1;
+		if (id < CALLPATH_MAX_FUNCS)
+			count_hist(id * CP_BUCKETS + b);
+		if (seq) {
+			u64 zero = 0, *n;
+			ok.seq = seq;
+			n = orders.lookup_or_try_init(&ok, &zero);
+			if (n)
+				__sync_fetch_and_add(n, 1);
+			else
+				count_err(2);
+		}
+	}
+#endif
+	/* frames above the matched one lost their return: dropped, uncounted */
+#pragma unroll
+	for (int j = 0; j < CP_DEPTH; j++) {
+		if (j >= found)
+			st->ids[j] = 0;
+	}
+	st->depth = found;
+	return keep;
+}
+#endif /* CALLPATH_STACK */
+
+/*
+ * Everything after the probe-specific part: filters, then stream or count.
+ * skb/dev: the entry's struct sk_buff * and struct net_device * arguments (0 none).
+ */
+static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval, int entry_only, u64 sp)
+{
+	struct devinfo d = {};
+	int keep = 1;
+
+	if (CALLPATH_FILTER_TGID && (bpf_get_current_pid_tgid() >> 32) != CALLPATH_FILTER_TGID)
+		return 0;
+	/* counting without device filters needs no device facts */
+	if (kind == CALLPATH_EVENT_ENTRY && (!CALLPATH_AGGREGATE || CALLPATH_DEV_FILTER))
+		entry_dev(&d, skb, dev);
+#if CALLPATH_STACK
+	{
+		struct tstate *st = thread_state();
+		if (!st) {
+			count_lost();
+			return 0;
+		}
+		if (kind == CALLPATH_EVENT_ENTRY)
+			keep = stack_entry(st, id, CALLPATH_DEV_FILTER ? dev_match(&d) : -1, entry_only, sp);
+		else
+			keep = stack_return(st, id);
+	}
+#endif
+#if CALLPATH_AGGREGATE
+	return 0;
+#else
+	if (!keep)
+		return 0;
+	return emit(id, kind, skb, &d, retval);
+#endif
+}
+
+/*
+ * A fentry program's ctx points at the arguments the BPF trampoline saved in
+ * its own stack frame, just above the traced function's: the frame's stack
+ * address. The verifier forbids arithmetic on a ctx pointer (stack_entry
+ * compares and shifts it), so its value is copied out as a plain number.
+ */
+static __always_inline u64 stack_addr(void *ctx)
+{
+	u64 sp = 0, p = (u64)ctx;
+
+#if CALLPATH_STACK
+	bpf_probe_read_kernel(&sp, sizeof(sp), &p);
+#endif
+	return sp;
+}
+
+/* ---------------------------------------------------------------- kprobes */
 
 static __always_inline u64 arg_n(struct pt_regs *ctx, int n)
 {
@@ -71,72 +489,9 @@ static __always_inline u64 arg_n(struct pt_regs *ctx, int n)
 	return 0;
 }
 
-/* ifindex and netns inode of a struct net_device at address dev */
-static __always_inline void read_dev(struct callpath_event *e, u64 dev)
-{
-	u64 net = 0;
-
-	if (!dev)
-		return;
-#if CALLPATH_OFF_DEV_IFINDEX >= 0
-	bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), (void *)(dev + CALLPATH_OFF_DEV_IFINDEX));
-#endif
-#if CALLPATH_OFF_DEV_NET >= 0 && CALLPATH_OFF_NET_INUM >= 0
-	bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + CALLPATH_OFF_DEV_NET));
-	if (net)
-		bpf_probe_read_kernel(&e->netns, sizeof(e->netns), (void *)(net + CALLPATH_OFF_NET_INUM));
-#endif
-}
-
-static __always_inline int emit(struct pt_regs *ctx, u32 id, u8 kind)
-{
-	struct callpath_event *e;
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 zero = 0;
-
-	e = events.ringbuf_reserve(sizeof(*e));
-	if (!e) {
-		u64 *n = lost.lookup(&zero);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_ns();
-	e->tid = (u32)pid_tgid;
-	e->tgid = pid_tgid >> 32;
-	e->cpu = bpf_get_smp_processor_id();
-	e->func_id = id;
-	e->kind = kind;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-
-	if (kind == CALLPATH_EVENT_RETURN) {
-		e->retval = PT_REGS_RC(ctx);
-	} else {
-		struct func_cfg *cfg = func_cfg.lookup(&id);
-		if (cfg && cfg->skb_arg) {
-			u64 skb = arg_n(ctx, cfg->skb_arg);
-			if (cfg->skb_depth == 2 && skb)
-				bpf_probe_read_kernel(&skb, sizeof(skb), (void *)skb);
-			e->skb = skb;
-#if CALLPATH_OFF_SKB_DEV >= 0
-			if (skb) {
-				u64 dev = 0;
-				bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + CALLPATH_OFF_SKB_DEV));
-				read_dev(e, dev);
-			}
-#endif
-		}
-		if (cfg && cfg->netdev_arg && !e->ifindex)
-			read_dev(e, arg_n(ctx, cfg->netdev_arg));
-	}
-	events.ringbuf_submit(e, 0);
-	return 0;
-}
-
 /*
- * The two programs that do the work. Each slot handler below only notes its
- * slot in a per-CPU scratch value and tail-calls one of these, so the
+ * The two kprobe programs that do the work. Each slot handler below only notes
+ * its slot in a per-CPU scratch value and tail-calls one of these, so the
  * recording code exists once rather than once per slot: that keeps the program
  * small and bcc's compile time under emulation short. (bcc cannot link
  * BPF-to-BPF calls to a shared non-inlined function.) A kprobe handler runs with
@@ -148,29 +503,41 @@ BPF_PROG_ARRAY(workers, 2);
 
 int on_entry(struct pt_regs *ctx)
 {
-	u32 zero = 0, *slot = current_slot.lookup(&zero);
+	u32 zero = 0, *slot = current_slot.lookup(&zero), id;
+	struct func_cfg *cfg;
+	u64 skb = 0, dev = 0;
 
-	return slot ? emit(ctx, *slot, CALLPATH_EVENT_ENTRY) : 0;
+	if (!slot)
+		return 0;
+	id = *slot;
+	cfg = func_cfg.lookup(&id);
+	if (!cfg)
+		return 0;
+	if (cfg->skb_arg) {
+		skb = arg_n(ctx, cfg->skb_arg);
+		if (cfg->skb_depth == 2 && skb)
+			bpf_probe_read_kernel(&skb, sizeof(skb), (void *)skb);
+	}
+	if (cfg->netdev_arg)
+		dev = arg_n(ctx, cfg->netdev_arg);
+	return handle(id, CALLPATH_EVENT_ENTRY, skb, dev, 0, cfg->flags & CFG_ENTRY_ONLY, PT_REGS_SP(ctx));
 }
 
 int on_return(struct pt_regs *ctx)
 {
 	u32 zero = 0, *slot = current_slot.lookup(&zero);
 
-	return slot ? emit(ctx, *slot, CALLPATH_EVENT_RETURN) : 0;
+	return slot ? handle(*slot, CALLPATH_EVENT_RETURN, 0, 0, PT_REGS_RC(ctx), 0, 0) : 0;
 }
 
 static __always_inline int dispatch(struct pt_regs *ctx, u32 slot, int worker)
 {
 	u32 zero = 0;
-	u64 *n;
 
 	current_slot.update(&zero, &slot);
 	workers.call(ctx, worker);
 	/* only reached when the tail call failed: count it as lost */
-	n = lost.lookup(&zero);
-	if (n)
-		__sync_fetch_and_add(n, 1);
+	count_lost();
 	return 0;
 }
 
@@ -185,3 +552,10 @@ static __always_inline int dispatch(struct pt_regs *ctx, u32 slot, int worker)
 
 SLOTS8(0) SLOTS8(1) SLOTS8(2) SLOTS8(3) SLOTS8(4) SLOTS8(5) SLOTS8(6) SLOTS8(7)
 SLOTS8(8) SLOTS8(9) SLOTS8(10) SLOTS8(11) SLOTS8(12) SLOTS8(13) SLOTS8(14) SLOTS8(15)
+
+/* ------------------------------------------------ fentry/fexit (generated) */
+/*
+ * probes/bpfgen.py appends, per function taking fentry/fexit:
+ *   int fentry_N(u64 *ctx) { return handle(N, ENTRY, <skb from ctx[i]>, <dev from ctx[j]>, 0, 0, stack_addr(ctx)); }
+ *   int fexit_N(u64 *ctx)  { return handle(N, RETURN, 0, 0, <ctx[nargs] or 0>, 0, 0); }
+ */

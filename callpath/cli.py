@@ -21,7 +21,10 @@ examples:
   callpath verify --kernel 6.1.0-56-amd64         # pick the lab kernel
   callpath verify --kernel all --out /tmp/k       # every lab kernel, side by side (report-kernels.md)
   callpath verify --host --duration 30            # this kernel; record 30 s of your own traffic
+  callpath verify --host --netns blue --dev eth0 --duration 60   # only events of eth0 in netns blue
+  callpath verify --probes kprobe --aggregate     # kprobes only; count in the kernel, no event stream
   sudo callpath record specs/ --out t.parquet -- ./my-traffic.sh
+  sudo callpath record specs/ --out t.parquet --pid 1234 --until-interrupt    # one process's calls
   callpath report callpath-report/trace.parquet --out /tmp/again
   callpath report /tmp/k/6.1.0-56-amd64 /tmp/k/6.12.117+deb12-amd64 --out /tmp/k   # compare traces
   callpath lint specs/*                           # static check against the running kernel
@@ -52,6 +55,31 @@ def _add_traffic_args(p: argparse.ArgumentParser) -> None:
                    help="BPF ring buffer size in 4 KiB pages, a power of two (default 1024 = 4 MiB)")
     p.set_defaults(command=[])
     p.epilog = (p.epilog or "") + "\nEverything after -- is a command to record around (`callpath record specs/ --out t.parquet -- ./traffic.sh`).\n"
+
+
+#: Exit status when the kernel lost events (ring buffer full): the trace is complete otherwise.
+EXIT_LOST = 3
+
+EXIT_STATUS = f"""
+exit status: 0 done, 1 failure, 2 bad input (documents, filters, outputs),
+  {EXIT_LOST} the kernel lost events (ring buffer full; counted per CPU in the trace metadata:
+    use a bigger --ringbuf-pages, filters, or --aggregate), 130 interrupted
+"""
+
+
+def _add_probe_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("probing and in-kernel filters (filters: on the probed machine, not in the lab VM)")
+    g.add_argument("--probes", choices=["auto", "kprobe", "fentry"], default="auto",
+                   help="auto (default): fentry/fexit where a function allows it, kprobe/kretprobe otherwise; "
+                   "kprobe: kprobe/kretprobe everywhere; fentry: fentry/fexit only (others not probed)")
+    g.add_argument("--aggregate", action="store_true",
+                   help="count calls, callers, sibling order and latency histograms in BPF maps instead of "
+                   "streaming every event (long runs, busy hosts)")
+    g.add_argument("--netns", metavar="NAME|PATH|INODE",
+                   help="keep only events in this network namespace (a name under /run/netns, a path, or an inode)")
+    g.add_argument("--dev", metavar="IFNAME", help="keep only events of this interface (in --netns, else in ours)")
+    g.add_argument("--pid", type=int, metavar="PID", help="keep only events of this process (its threads)")
+    p.epilog = (p.epilog or "") + EXIT_STATUS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder with the kernel's DWARF (module .ko debug files, a debug root): inlined "
                    "functions are probed at their inline sites (also searched: /usr/lib/debug, callpath's cache)")
     _add_traffic_args(v)
+    _add_probe_args(v)
 
     r = sub.add_parser("record", help="record a trace on the running kernel (root, kprobes)",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--boot-graph", metavar="FILE", help=argparse.SUPPRESS)
     r.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     _add_traffic_args(r)
+    _add_probe_args(r)
 
     rp = sub.add_parser("report", help="analyse a saved trace again (no root needed)")
     rp.add_argument("trace", nargs="+", metavar="TRACE",
@@ -203,6 +233,12 @@ def _traffic(args):
                    until_interrupt=args.until_interrupt, command=command or None, ringbuf_pages=args.ringbuf_pages)
 
 
+def _probing(args):
+    from .probes.session import Probing
+
+    return Probing(probes=args.probes, aggregate=args.aggregate, netns=args.netns, dev=args.dev, pid=args.pid)
+
+
 def _display_path(path: Path) -> Path:
     """``path`` relative to the working directory when it lies below it (for file:line)."""
     try:
@@ -220,40 +256,57 @@ def cmd_verify(args) -> int:
     given = expand_spec_args(args.specs)
     specs = [read_spec(_display_path(p)) for p in given]
     _default_workloads(args, specs)
-    traffic = _traffic(args)
+    traffic, probing = _traffic(args), _probing(args)
+    if not on_host:
+        probing.check_lab()  # before any boot
     session.sweep(_progress)
     out = Path(args.out).resolve()
     t0 = time.monotonic()
     if on_host:
         out.mkdir(parents=True, exist_ok=True)
         trace_path = session.verify_on_host(specs, out / "trace.parquet", traffic, _progress,
-                                            load_modules=args.load_modules, debuginfo=args.debuginfo)
+                                            load_modules=args.load_modules, debuginfo=args.debuginfo, probing=probing)
     else:
         from .probes.labvm import choose_kernels
 
         labs = choose_kernels(args.kernel)
         if len(labs) > 1:
-            return _verify_kernels(labs, given, specs, out, traffic, args.lab_timeout, t0, args.json)
+            return _verify_kernels(labs, given, specs, out, traffic, args.lab_timeout, t0, args.json, probing)
         lab = labs[0]
         why = "requested" if args.kernel else f"the running kernel {kernel.kernel_release()} has no kprobes"
         _progress(f"probing in a lab VM on Debian kernel {lab.release} ({why})")
         trace_path = session.verify_in_lab(lab, given, out, traffic, _progress, args.lab_timeout, specs=specs,
-                                           debuginfo=args.debuginfo)
+                                           debuginfo=args.debuginfo, probing=probing)
     _progress(f"recorded in {time.monotonic() - t0:.0f} s")
-    return _emit_report(trace_path, specs, out, args.json)
+    rc = _emit_report(trace_path, specs, out, args.json)
+    return _lost_status(rc, [trace_path])
 
 
-def _verify_kernels(labs, given, specs, out: Path, traffic, timeout_s: float, t0: float, as_json: bool) -> int:
+def _lost_status(rc: int, traces) -> int:
+    """``rc``, or :data:`EXIT_LOST` (with a line saying so) when a trace records lost events."""
+    from .analysis.trace import read_meta
+
+    lost = {str(t): read_meta(t).get("lost", 0) for t in traces}
+    lost = {t: n for t, n in lost.items() if n}
+    if not lost or rc not in (0,):
+        return rc
+    _progress(f"events were lost ({'; '.join(f'{n} in {t}' for t, n in lost.items())}): the kernel's ring buffer "
+              f"was full; exit status {EXIT_LOST} (a bigger --ringbuf-pages, filters or --aggregate help)")
+    return EXIT_LOST
+
+
+def _verify_kernels(labs, given, specs, out: Path, traffic, timeout_s: float, t0: float, as_json: bool,
+                    probing=None) -> int:
     from .probes.kernelmatrix import verify_kernels
 
     _progress(f"probing in lab VMs on {len(labs)} kernels, one boot each: {', '.join(k.release for k in labs)}")
-    cmp, failed = verify_kernels(labs, given, specs, out, traffic, _progress, timeout_s)
+    cmp, failed = verify_kernels(labs, given, specs, out, traffic, _progress, timeout_s, probing=probing)
     _progress(f"recorded on {len(labs) - len(failed)} of {len(labs)} kernels in {time.monotonic() - t0:.0f} s")
     if cmp is None:
         _progress("no kernel produced a trace; see the [lab] lines above")
         return 1
     _print_comparison(cmp, out, as_json)
-    return 1 if failed else 0
+    return _lost_status(1 if failed else 0, [out / k.release / "trace.parquet" for k in labs if k.release not in failed])
 
 
 def _print_comparison(cmp: dict, out: Path, as_json: bool) -> None:
@@ -283,10 +336,12 @@ def cmd_record(args) -> int:
     specs = read_specs(args.specs)
     from .probes import session
 
+    options = _probing(args).kwargs()  # filters resolved (or refused) before anything else
     session.sweep(_progress)
-    record(specs, Path(args.out), where=args.where, boot_graph=args.boot_graph, load_modules=args.load_modules,
-           debuginfo=args.debuginfo, progress=_progress, **_traffic(args).kwargs())
-    return 0
+    path = record(specs, Path(args.out), where=args.where, boot_graph=args.boot_graph,
+                  load_modules=args.load_modules, debuginfo=args.debuginfo, progress=_progress,
+                  **_traffic(args).kwargs(), **options)
+    return _lost_status(0, [path])
 
 
 def cmd_report(args) -> int:
@@ -469,12 +524,17 @@ def _dispatch(args) -> int:
     except (SpecError, TraceError, OutputError) as err:
         print(f"callpath: error: {terminal(err)}", file=sys.stderr)
         return 2
+    except ValueError as err:
+        if type(err).__name__ != "FilterError":  # probes.filters: a --netns/--dev/--pid naming nothing
+            raise
+        print(f"callpath: error: {terminal(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"callpath: {_interrupted()}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for every known failure kind
         known = ("ClusterError", "RecordError", "ProbeError", "LabError", "WorkloadError", "KernelAccessError", "BtfError", "WorkloadTerminated",
-                 "FieldError", "SessionError", "RunStateError")
+                 "FieldError", "SessionError", "RunStateError", "StreamError")
         if type(err).__name__ in known:
             print(f"callpath: error: {terminal(err)}", file=sys.stderr)
             return 1

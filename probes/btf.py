@@ -652,6 +652,18 @@ class BtfIndex:
         self._cache[key] = fn
         return fn
 
+    def func_type_id(self, name: str) -> tuple[str, int] | None:
+        """Where the BTF ``FUNC`` record named exactly ``name`` lives: ``(blob, type id)``.
+
+        ``blob`` is ``"vmlinux"`` or the module name; the type id is absolute
+        (a module's split BTF numbers on after vmlinux's last id), i.e. what
+        ``BPF_PROG_LOAD`` takes as ``attach_btf_id`` for fentry/fexit, with the
+        module's BTF object as ``attach_btf_obj_fd``. None when absent (no clone
+        suffix is stripped: a clone is a different function).
+        """
+        hit = self._funcs.get(name)
+        return (hit[0].module, hit[1]) if hit else None
+
     def __contains__(self, name: object) -> bool:
         """True if :meth:`function` would find ``name`` (same suffix rule)."""
         return isinstance(name, str) and self._lookup_key(name) is not None

@@ -43,5 +43,23 @@ class FuncCfg(ctypes.Structure):
         ("skb_arg", ctypes.c_uint8),
         ("skb_depth", ctypes.c_uint8),
         ("netdev_arg", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 5),
+        ("flags", ctypes.c_uint8),  # 1: entry only (an inline site: no return)
+        ("pad", ctypes.c_uint8 * 4),
     ]
+
+
+def _event_dtype():
+    import numpy as np  # noqa: PLC0415 - numpy only where batches are decoded
+
+    dt = np.dtype({
+        "names": [n for n, _ in CallpathEvent._fields_],
+        "formats": ["<u8", "<u8", "<i8", "<u4", "<u4", "<u4", "<u4", "<i4", "<u4", "S16", "u1", "V7"],
+        "offsets": [getattr(CallpathEvent, n).offset for n, _ in CallpathEvent._fields_],
+        "itemsize": ctypes.sizeof(CallpathEvent),
+    })
+    return dt
+
+
+#: numpy mirror of ``struct callpath_event`` (72 bytes): what the Recorder's ``sink`` receives,
+#: one structured array per batch, decoded with ``numpy.frombuffer`` from the raw ring-buffer records.
+EVENT_DTYPE = _event_dtype()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def verify_kernels(labs, spec_paths: list[Path], specs, out_dir: Path, traffic, progress,
-                   timeout_s: float = 1500) -> tuple[dict | None, dict[str, str]]:
+                   timeout_s: float = 1500, probing=None) -> tuple[dict | None, dict[str, str]]:
     """Record the documents on each lab kernel in turn, then compare.
 
     A kernel whose run fails is named in the result and left out of the
@@ -27,6 +27,7 @@ def verify_kernels(labs, spec_paths: list[Path], specs, out_dir: Path, traffic, 
         traffic: a :class:`probes.session.Traffic`.
         progress: callable taking one status line.
         timeout_s: per kernel, give up on its lab VM after this many seconds.
+        probing: a :class:`probes.session.Probing` (probe kind, counting mode), or None.
 
     Returns:
         (the comparison dict of :func:`analysis.compare.report_traces`, or None
@@ -45,7 +46,8 @@ def verify_kernels(labs, spec_paths: list[Path], specs, out_dir: Path, traffic, 
         progress(f"kernel {i}/{len(labs)}: {lab.release}")
         try:
             trace_path = verify_in_lab(lab, spec_paths, Path(out_dir) / lab.release, traffic,
-                                       lambda m, r=lab.release: progress(f"[{r}] {m}"), timeout_s, specs=specs)
+                                       lambda m, r=lab.release: progress(f"[{r}] {m}"), timeout_s, specs=specs,
+                                       probing=probing)
         except Exception as err:  # noqa: BLE001 - a failed kernel must not stop the others
             failed[lab.release] = f"{type(err).__name__}: {err}"
             progress(f"kernel {lab.release} failed after {time.monotonic() - t0:.0f} s: {err}")

@@ -6,6 +6,13 @@ Phases, as in bcc's bigger tools: compile (bcc/clang, the slow part: about
 poll (a background thread drains the ring buffer while the workload runs,
 and attaches the planned functions of a module when it arrives: see
 :meth:`Recorder.attach_arrived`), detach (``BPF.cleanup``; always, also on error and Ctrl-C).
+
+Per function the loader takes the cheapest probe the kernel allows
+(``probes="auto"``): fentry/fexit through a BPF trampoline
+(:mod:`probes.fentry`, handlers from :mod:`probes.bpfgen`), else a
+kprobe/kretprobe pair; published per-hit costs put a kprobe at several times a
+fentry. The choice and its reason are written in the plan (``probe``,
+``probe_reason``).
 """
 
 from __future__ import annotations
@@ -15,26 +22,42 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..bpf import PROGRAM, BPF_DIR, SLOTS, handler_names
-from .event import CallpathEvent, FuncCfg
+import numpy as np
+
+from ..bpf import BPF_DIR, SLOTS, handler_names
+from .bpfgen import fentry_candidates, fentry_names, program_text
+from .event import EVENT_DTYPE, FuncCfg
+from .fentry import FentryError, FentryLinks
 from .fields import field_cflags
+from .filters import Filters
 from .modindex import loaded_modules
 from .plan import MODULE_NOT_LOADED, ProbePlan
+from .ringread import RingError, RingReader
 
 
 class ProbeError(RuntimeError):
     """The BPF program could not be compiled, loaded or attached."""
 
 
-def bpf_cflags(ringbuf_pages: int, fields: dict | None = None) -> list[str]:
+PROBE_CHOICES = ("auto", "kprobe", "fentry")
+#: Probed frames the kernel keeps per thread in counting mode (CP_DEPTH in bpf/callpath.bpf.c).
+MAX_DEPTH = 16
+
+
+def bpf_cflags(ringbuf_pages: int, fields: dict | None = None, aggregate: bool = False,
+               filters: Filters | None = None) -> list[str]:
     """cflags that configure bpf/callpath.bpf.c (settings never edit the C text).
 
     ``fields`` is ``plan.fields`` (:func:`probes.fields.resolve_fields`): the
     kernel field offsets; fields missing from it are not read (offset -1).
+    ``aggregate`` compiles counting mode; ``filters`` the in-kernel filters.
+
+    Raises ``ValueError`` when ``ringbuf_pages`` is not a power of two.
     """
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
     return [f"-I{BPF_DIR}", f"-DCALLPATH_MAX_FUNCS={SLOTS}", f"-DCALLPATH_RINGBUF_PAGES={ringbuf_pages}",
+            f"-DCALLPATH_AGGREGATE={int(aggregate)}", *(filters or Filters()).cflags(),
             *field_cflags(fields or {})]
 
 
@@ -47,35 +70,67 @@ class AttachReport:
 
 
 class Recorder:
-    """Record entry/return events of the planned functions.
+    """Record (or count) entry/return of the planned functions.
 
     Usage::
 
-        with Recorder(plan, progress=print) as rec:   # compiles and attaches
+        with Recorder(plan, progress=print, sink=writer.add) as rec:   # compiles and attaches
             run_workload(...)
-        rows, lost = rec.rows, rec.lost               # detached by now
+        rec.events, rec.lost, rec.lost_per_cpu                         # detached by now
+
+    Args:
+        plan: the probe plan; each probed function gets ``probe``/``probe_reason``.
+        ringbuf_pages: ring buffer size in 4 KiB pages (power of two).
+        maxactive: kretprobe instances per function (concurrent calls).
+        progress: callable taking one status line; called about every 2 s while recording.
+        probes: ``auto`` (fentry/fexit where the function allows, else kprobe/kretprobe),
+            ``kprobe``, or ``fentry`` (only: a function that cannot take it is not probed).
+        filters: in-kernel :class:`probes.filters.Filters`, or None.
+        aggregate: count in BPF maps (paths, child order, log2 latency) instead of
+            streaming events; read ``aggregate`` after exit.
+        sink: callable receiving batches (numpy structured arrays, ``probes.event.EVENT_DTYPE``)
+            from the poll thread, at most ``batch_events`` rows, at least every 0.5 s while
+            events flow. None: events are kept in ``rows`` (tuples, TRACE_COLUMNS order).
 
     Attributes after exit:
-        rows: decoded events as tuples in ``probes.event.TRACE_COLUMNS`` order.
-        lost: events the kernel dropped because the ring buffer was full.
-        attach: an :class:`AttachReport`.
+        events: events delivered (int). lost: events the kernel dropped (ring buffer full),
+        ``lost_per_cpu``: the same per CPU (list, index = CPU). attach: an :class:`AttachReport`.
+        aggregate: None, or ``{"paths", "order", "hist", "max_depth", "depth_overflow",
+        "unmatched_returns", "map_full"}`` (func ids: plan slots; see :mod:`probes.aggread`).
 
     Raises:
         ProbeError: bcc is missing, compilation fails, or no probe attached.
     """
 
-    def __init__(self, plan: ProbePlan, ringbuf_pages: int = 1024, maxactive: int = 64, progress=lambda m: None):
+    def __init__(self, plan: ProbePlan, ringbuf_pages: int = 1024, maxactive: int = 64, progress=lambda m: None,
+                 probes: str = "auto", filters: Filters | None = None, aggregate: bool = False, sink=None,
+                 batch_events: int = 65536):
+        if probes not in PROBE_CHOICES:
+            raise ValueError(f"probes must be one of {', '.join(PROBE_CHOICES)}, got {probes!r}")
         self.plan = plan
         self.ringbuf_pages = ringbuf_pages
         self.maxactive = maxactive
         self.progress = progress
+        self.probes = probes
+        self.filters = filters or Filters()
+        self.aggregate_mode = aggregate
+        self.sink = sink
+        self.batch_events = batch_events
         self.rows: list[tuple] = []
+        self.events = 0
         self.lost = 0
+        self.lost_per_cpu: list[int] = []
+        self.aggregate: dict | None = None
         self.attach = AttachReport()
         self._bpf = None
+        self._links = FentryLinks()
+        self._fentry_ids: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_error: BaseException | None = None
+        self._buf = bytearray()
+        self._buf_since = time.monotonic()
+        self._ring: RingReader | None = None
         #: module -> planned functions waiting for it (status ``module-not-loaded`` with a slot)
         self.pending: dict[str, list] = {}
         #: module -> seconds after attaching when it arrived and its functions were attached
@@ -83,8 +138,17 @@ class Recorder:
         self.loaded_modules = loaded_modules  # replaceable in tests
         self._t_attach = time.monotonic()
         self._next_check = 0.0
+        self._next_report = 0.0
+        self._last_report = (0.0, 0)
 
     # -- phases -----------------------------------------------------------
+    def program(self) -> str:
+        """The C text bcc compiles (for ``--print-bpf``)."""
+        return program_text(self.plan, self.probes)
+
+    def cflags(self) -> list[str]:
+        return bpf_cflags(self.ringbuf_pages, self.plan.fields, self.aggregate_mode, self.filters)
+
     def compile(self):
         try:
             from bcc import BPF  # noqa: PLC0415 - bcc is only needed on the probing side
@@ -94,11 +158,13 @@ class Recorder:
                 "made with --system-site-packages (make setup does both)"
             ) from err
         t0 = time.monotonic()
-        self.progress(f"compiling {PROGRAM.name} with bcc (slow under emulation)")
+        n_fentry = len(fentry_candidates(self.plan, self.probes))
+        self.progress(f"compiling the BPF program with bcc ({n_fentry} fentry/fexit pairs generated; "
+                      "slow under emulation)")
         try:
-            self._bpf = BPF(src_file=str(PROGRAM).encode(), cflags=bpf_cflags(self.ringbuf_pages, self.plan.fields))
+            self._bpf = BPF(text=self.program().encode(), cflags=self.cflags())
         except Exception as err:  # bcc raises bare Exception on compile errors
-            raise ProbeError(f"bcc could not compile {PROGRAM}: {err}") from err
+            raise ProbeError(f"bcc could not compile the BPF program: {err}") from err
         self.progress(f"compiled in {time.monotonic() - t0:.1f} s")
 
     def configure(self):
@@ -110,8 +176,10 @@ class Recorder:
             workers[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
         table = self._bpf["func_cfg"]
         for fp in self.plan.probed():
-            cfg = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1, netdev_arg=fp.netdev_arg or 0)
-            table[ctypes.c_int(fp.func_id)] = cfg
+            table[ctypes.c_int(fp.func_id)] = _cfg(fp)
+            for site in fp.inline_sites:
+                if site.get("func_id") is not None:
+                    table[ctypes.c_int(site["func_id"])] = FuncCfg(flags=1)
 
     def _attach_sites(self, fp) -> bool:
         """Entry-only kprobes at the inline sites of an ``inlined`` function (``symbol+offset``,
@@ -125,7 +193,8 @@ class Recorder:
                                         fn_name=handler_names(site["func_id"])[0])
                 ok.append(site["probe"])
             except Exception as err:  # noqa: BLE001 - bcc raises bare Exception on attach failure
-                site["attach_error"] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+                site["attach_error"] = _last_line(err)
+        fp.probe, fp.probe_reason = "inline-site", "inlined: entry-only kprobes at its inline sites"
         if ok:
             self.attach.attached.append(fp.name)
         else:
@@ -133,36 +202,64 @@ class Recorder:
                 f"{s['probe']}: {s.get('attach_error', '')}" for s in fp.inline_sites if s.get("func_id") is not None)
         return bool(ok)
 
+    def _attach_fentry(self, fp) -> str:
+        """fentry/fexit for ``fp``; "" when attached, else why not."""
+        if fp.func_id not in self._fentry_ids:
+            return fp.fentry_reason or "no BTF prototype when the program was compiled"
+        entry, ret = fentry_names(fp.func_id)
+        try:
+            self._links.attach(self._bpf, entry, ret, int(fp.fentry["btf_id"]), fp.fentry["btf_module"])
+        except (FentryError, Exception) as err:  # noqa: BLE001 - bcc's dump_func raises bare Exception
+            return f"fentry refused: {_last_line(err)}"
+        fp.probe, fp.probe_reason = "fentry", ""
+        return ""
+
     def _attach_one(self, fp) -> bool:
         if fp.inline_sites:
             return self._attach_sites(fp)
+        why = "--probes kprobe" if self.probes == "kprobe" else self._attach_fentry(fp)
+        if not why:
+            self.attach.attached.append(fp.name)
+            return True
+        if self.probes == "fentry":
+            self.attach.failed[fp.name] = f"--probes fentry: {why}"
+            return False
         entry, ret = handler_names(fp.func_id)
         try:
             self._bpf.attach_kprobe(event=fp.symbol, fn_name=entry)
             self._bpf.attach_kretprobe(event=fp.symbol, fn_name=ret, maxactive=self.maxactive)
-            self.attach.attached.append(fp.name)
-            return True
         except Exception as err:  # bcc raises bare Exception on attach failure
-            self.attach.failed[fp.name] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            self.attach.failed[fp.name] = _last_line(err)
             return False
+        fp.probe, fp.probe_reason = "kprobe", why
+        self.attach.attached.append(fp.name)
+        return True
 
     def attach_all(self):
         """Attach every planned function whose code is loaded; queue those of modules not loaded yet."""
         self._t_attach = time.monotonic()
+        self._fentry_ids = {fp.func_id for fp in fentry_candidates(self.plan, self.probes)}
         live = self.loaded_modules()
         for fp in self.plan.probed():
+            if self.aggregate_mode and fp.tracking:
+                fp.probe_reason = "packet tracking only: not attached when counting"
+                continue
             # inline sites wait for their module too (all sites attach when the first missing one arrives)
             missing = [m for m in dict.fromkeys(x.get("module") for x in fp.inline_sites if x.get("func_id") is not None)
                        if m not in (None, "vmlinux") and m not in live]
             if fp.status == MODULE_NOT_LOADED or missing:
                 self.pending.setdefault(fp.module if fp.status == MODULE_NOT_LOADED else missing[0], []).append(fp)
                 continue
-                self.pending.setdefault(fp.module, []).append(fp)
-                continue
             self._attach_one(fp)
-        self.progress(f"attached kprobe+kretprobe to {len(self.attach.attached)} functions"
+        kinds: dict[str, int] = {}
+        for fp in self.plan.probed():
+            if fp.probe and fp.name in self.attach.attached:
+                kinds[fp.probe] = kinds.get(fp.probe, 0) + 1
+        self.progress(f"attached {len(self.attach.attached)} functions ("
+                      + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) + ")"
                       + (f", {len(self.attach.failed)} failed" if self.attach.failed else "")
-                      + (f"; waiting for modules {', '.join(self.pending)}" if self.pending else ""))
+                      + (f"; waiting for modules {', '.join(self.pending)}" if self.pending else "")
+                      + (f"; filters: {self.filters.describe()}" if self.filters.active() else ""))
         if not self.attach.attached and not self.pending:
             raise ProbeError("no probe could be attached: " + "; ".join(f"{k}: {v}" for k, v in self.attach.failed.items()))
 
@@ -172,7 +269,8 @@ class Recorder:
         Called from the poll thread (the only thread using bcc while recording).
         An attached function becomes ``traceable`` in the plan, with the time of
         arrival in its reason; the module's BTF, when the kernel has it, gives its
-        argument facts. Returns the modules that arrived.
+        argument facts. Late functions take kprobes (their fentry handlers would
+        have been generated before their BTF existed). Returns the modules that arrived.
         """
         live = self.loaded_modules() if self.pending else set()
         came = [m for m in self.pending if m in live]
@@ -204,25 +302,83 @@ class Recorder:
                 if fp.inline_sites:
                     continue  # arguments at an inline site are not read
                 _btf_facts(fp, btf)
-                table[ctypes.c_int(fp.func_id)] = FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1,
-                                                          netdev_arg=fp.netdev_arg or 0)
+                table[ctypes.c_int(fp.func_id)] = _cfg(fp)
         except Exception as err:  # noqa: BLE001 - the probes still attach without argument facts
             self.progress(f"module {mod}: no argument facts from BTF ({err})")
 
-    def _on_event(self, _ctx, data, _size):
-        ev = ctypes.cast(data, ctypes.POINTER(CallpathEvent)).contents
-        self.rows.append(
-            (len(self.rows), ev.ts_ns, ev.kind, ev.func_id, ev.tid, ev.tgid, ev.cpu, ev.skb, ev.ifindex, ev.netns, ev.retval, ev.comm)
-        )
+    # -- draining ---------------------------------------------------------
+    def _on_event(self, _ctx, data, size):
+        self._buf += ctypes.string_at(data, size)
+
+    def _flush(self):
+        if not self._buf:
+            return
+        batch = np.frombuffer(bytes(self._buf), dtype=EVENT_DTYPE)
+        self._buf = bytearray()
+        self._buf_since = time.monotonic()
+        self._deliver(batch)
+
+    def _lost_now(self) -> list[int]:
+        try:
+            return [int(v) for v in self._bpf["lost"][ctypes.c_int(0)]]
+        except Exception:  # noqa: BLE001 - best effort while running
+            return []
+
+    def _report(self, now: float):
+        t_prev, n_prev = self._last_report
+        lost = sum(self._lost_now())
+        if self.aggregate_mode:
+            self.progress(f"counting in the kernel: {now - self._t_attach:.0f} s, {lost} lost")
+        else:
+            rate = (self.events - n_prev) / max(now - t_prev, 1e-9) if t_prev else 0.0
+            self.progress(f"recording: {self.events:,} events ({rate:,.0f}/s drained), {lost:,} lost")
+        self._last_report = (now, self.events)
+
+    def _deliver(self, batch):
+        self.events += len(batch)
+        if self.sink is not None:
+            self.sink(batch)
+        else:
+            base = len(self.rows)
+            self.rows.extend((base + i, int(e["ts_ns"]), int(e["kind"]), int(e["func_id"]), int(e["tid"]),
+                              int(e["tgid"]), int(e["cpu"]), int(e["skb"]), int(e["ifindex"]), int(e["netns"]),
+                              int(e["retval"]), bytes(e["comm"])) for i, e in enumerate(batch))
+
+    def _drain(self) -> int:
+        """One pass over the ring buffer; returns the events delivered."""
+        if self._ring is not None:
+            batch = self._ring.read(self.batch_events)
+            if len(batch):
+                self._deliver(batch)
+            return len(batch)
+        # bcc's per-record callback (no mmap): the program submits without wakeups, so consume
+        self._bpf.ring_buffer_consume()
+        n = len(self._buf) // EVENT_DTYPE.itemsize
+        if len(self._buf) >= self.batch_events * EVENT_DTYPE.itemsize or time.monotonic() - self._buf_since >= 0.5:
+            self._flush()
+        return n
 
     def _poll(self):
         try:
+            self._last_report = (time.monotonic(), 0)
+            self._next_report = time.monotonic() + 2.0
             while not self._stop.is_set():
-                self._bpf.ring_buffer_poll(100)
-                if self.pending and time.monotonic() >= self._next_check:
-                    self._next_check = time.monotonic() + 0.05
+                if self.aggregate_mode:
+                    self._stop.wait(0.1)
+                elif not self._drain():
+                    self._stop.wait(0.01)  # empty: the ring buffer holds ~50,000 events per 4 MiB
+                now = time.monotonic()
+                if self.pending and now >= self._next_check:
+                    self._next_check = now + 0.05
                     self.attach_arrived()
-            self._bpf.ring_buffer_consume()
+                if now >= self._next_report:
+                    self._next_report = now + 2.0
+                    self._report(now)
+            if not self.aggregate_mode:
+                while self._drain() >= self.batch_events:
+                    pass
+                if self._ring is None:
+                    self._flush()
         except BaseException as err:  # surfaced in __exit__
             self._poll_error = err
 
@@ -231,11 +387,17 @@ class Recorder:
         self.compile()
         try:
             self.configure()
-            self._bpf["events"].open_ring_buffer(self._on_event)
+            if not self.aggregate_mode:
+                try:
+                    self._ring = RingReader(self._bpf["events"].map_fd, self.ringbuf_pages * 4096)
+                except RingError as err:
+                    self.progress(f"{err}: draining with bcc's per-event callback")
+                    self._bpf["events"].open_ring_buffer(self._on_event)
             self.attach_all()
             self._thread = threading.Thread(target=self._poll, name="callpath-ringbuf", daemon=True)
             self._thread.start()
         except BaseException:
+            self._links.close()
             self._bpf.cleanup()
             raise
         return self
@@ -243,17 +405,41 @@ class Recorder:
     def __exit__(self, *exc):
         try:
             time.sleep(0.2)  # let in-flight events land
+            self._links.close()  # fentry/fexit detach first: no more events
             self._stop.set()
             if self._thread:
-                self._thread.join(timeout=10)
-            self.lost = int(self._bpf["lost"][ctypes.c_int(0)].value)
+                self._thread.join(timeout=30)
+            self.lost_per_cpu = self._lost_now()
+            self.lost = sum(self.lost_per_cpu)
+            if self.aggregate_mode:
+                from .aggread import read_aggregate  # noqa: PLC0415
+
+                self.aggregate = read_aggregate(self._bpf, [fp.func_id for fp in self.plan.probed()]
+                                                + [s["func_id"] for fp in self.plan.probed()
+                                                   for s in fp.inline_sites if s.get("func_id") is not None])
         finally:
+            self._links.close()
+            if self._ring is not None:
+                self._ring.close()
             self._bpf.cleanup()  # detaches every kprobe/kretprobe
-            self.progress(f"detached; {len(self.rows)} events, {self.lost} lost")
+            what = (f"{sum(p['calls'] for p in self.aggregate['paths'])} calls counted" if self.aggregate
+                    else f"{self.events} events")
+            self.progress(f"detached; {what}, {self.lost} lost"
+                          + (f" (per CPU: {self.lost_per_cpu})" if self.lost else ""))
         if self._poll_error and not exc[0]:
             raise ProbeError(f"ring buffer polling failed: {self._poll_error}")
         return False
 
     def bpf_source(self) -> str:
         """The C source bcc compiles (for ``--print-bpf``)."""
-        return PROGRAM.read_text()
+        return self.program()
+
+
+def _cfg(fp) -> FuncCfg:
+    return FuncCfg(skb_arg=fp.skb_arg or 0, skb_depth=fp.skb_depth or 1, netdev_arg=fp.netdev_arg or 0,
+                   flags=0)
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else repr(err)

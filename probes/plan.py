@@ -79,6 +79,12 @@ class FunctionPlan:
             ``module``, ``caller`` (DWARF name of the function whose source holds
             the call), ``func_id`` (its own slot, or None when no slot was left));
             ``func_id`` of the entry is its first probed site's slot.
+        fentry: when BTF allows fentry/fexit: ``btf_module`` (``vmlinux`` or the
+            module), ``btf_id`` (absolute BTF type id of the FUNC), ``nargs``,
+            ``returns`` (False for void); ``{}`` otherwise, ``fentry_reason`` says why.
+        probe: how the loader attached it: ``fentry`` (fentry/fexit), ``kprobe``
+            (kprobe/kretprobe) or ``inline-site`` (entry-only kprobes); None
+            until attached. ``probe_reason``: why not fentry ("" when fentry).
     """
 
     name: str
@@ -101,6 +107,10 @@ class FunctionPlan:
     successor_of: str | None = None
     tracking: bool = False
     inline_sites: list[dict] = field(default_factory=list)
+    fentry: dict = field(default_factory=dict)
+    fentry_reason: str = ""
+    probe: str | None = None
+    probe_reason: str = ""
 
     @property
     def probed(self) -> bool:
@@ -297,12 +307,16 @@ def _resolve(name: str, syms: KernelSymbols) -> FunctionPlan:
 def _btf_facts(fp: FunctionPlan, btf) -> None:
     """Fill ``fp``'s argument and return facts from BTF (in place)."""
     bf = btf.function(fp.name)
-    if bf is not None and fp.status == "clone":
+    if bf is None:
+        fp.fentry_reason = "no BTF prototype" + (f" (only the compiler clone {fp.symbol} exists)"
+                                                 if fp.status == "clone" else "")
+    elif fp.status == "clone":
         # .isra/.constprop clones may drop or reorder arguments:
         # the BTF prototype (of the original) says nothing safe
         # about their registers, so no argument is read
         fp.return_type = bf.return_type
         fp.reason += "; arguments not read (a clone's calling convention may differ)"
+        fp.fentry_reason = f"a compiler clone ({fp.symbol}): BTF describes the original, not the clone"
     elif bf is not None:
         fp.params = [p.name for p in bf.params]
         fp.return_type = bf.return_type
@@ -314,6 +328,31 @@ def _btf_facts(fp: FunctionPlan, btf) -> None:
         nd = bf.netdev_arg()
         if nd and nd <= 6:
             fp.netdev_arg = nd
+        _fentry_facts(fp, bf, btf)
+
+
+def _fentry_facts(fp: FunctionPlan, bf, btf) -> None:
+    """Whether ``fp`` can take fentry/fexit, from its BTF prototype: ``fp.fentry`` or ``fp.fentry_reason``.
+
+    fentry/fexit programs see the arguments as an array of u64 (one per
+    parameter: x86-64 BPF trampoline, kernel/bpf/trampoline.c and
+    arch/x86/net/bpf_jit_comp.c, 5.5+), so a parameter passed by value as a
+    struct or union, or a variadic prototype, rules them out here.
+    """
+    where = btf.func_type_id(fp.name) if hasattr(btf, "func_type_id") else None
+    if fp.symbol != fp.name or where is None:
+        fp.fentry_reason = "no BTF FUNC record under its kallsyms name"
+        return
+    if bf.variadic:
+        fp.fentry_reason = "variadic prototype"
+        return
+    by_value = [p.name or f"argument {i}" for i, p in enumerate(bf.params, 1)
+                if p.pointer_depth == 0 and p.target.startswith(("struct ", "union "))]
+    if by_value:
+        fp.fentry_reason = f"takes a struct by value ({', '.join(by_value)})"
+        return
+    fp.fentry = {"btf_module": where[0], "btf_id": where[1], "nargs": len(bf.params),
+                 "returns": bf.return_type != "void"}
 
 
 def build_plan(specs: list[Spec], syms: KernelSymbols, btf=None, max_funcs: int = MAX_FUNCS,

@@ -31,7 +31,6 @@ from ..analysis.spec import Spec
 from . import boottrace, kernel
 from .btf import BtfError, load_kernel_btf
 from .fields import resolve_fields
-from .loader import Recorder
 from .modindex import documented_modules, fix_command, index_or_none, modules_to_load
 from .plan import MODULE_NOT_LOADED, build_plan
 
@@ -46,6 +45,17 @@ def _now() -> str:
 
 def _jsonable(obj):
     return asdict(obj) if is_dataclass(obj) else obj
+
+
+def _fields_of(obj) -> dict:
+    """A filters object (dataclass, named tuple, or plain object) as a dict; {} for None."""
+    if obj is None:
+        return {}
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if is_dataclass(obj):
+        return asdict(obj)
+    return obj._asdict() if hasattr(obj, "_asdict") else dict(vars(obj))
 
 
 def check_can_record() -> None:
@@ -116,6 +126,104 @@ def _raise_terminated(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def aggregate_meta(agg: dict, names: dict[int, str]) -> dict:
+    """The Recorder's in-kernel counts (func ids = plan slots) with function names, for ``meta["aggregate"]``.
+
+    ``agg`` has ``paths`` (``ids``, ``calls``, ``sum_ns``), ``order`` (``parent`` ids,
+    ``children`` ids, ``calls``), ``hist`` (``func_id``, ``bucket``, ``count``) and the
+    counters ``max_depth``, ``depth_overflow``, ``unmatched_returns``, ``threads_evicted``;
+    the result has the same shape with ``path``/``parent``/``children`` as name lists
+    and ``function`` for ``func_id`` (unknown ids become ``#ID``). Durations in ns.
+    """
+    def name(i) -> str:
+        return names.get(int(i), f"#{int(i)}")
+
+    out = {k: v for k, v in agg.items() if k not in ("paths", "order", "hist")}
+    out["paths"] = [{"path": [name(i) for i in p["ids"]], "calls": int(p["calls"]), "sum_ns": int(p["sum_ns"])}
+                    for p in agg.get("paths", [])]
+    out["order"] = [{"parent": [name(i) for i in o["parent"]], "children": [name(i) for i in o["children"]],
+                     "calls": int(o["calls"])} for o in agg.get("order", [])]
+    out["hist"] = [{"function": name(h["func_id"]), "bucket": int(h["bucket"]), "count": int(h["count"])}
+                   for h in agg.get("hist", [])]
+    return out
+
+
+def mechanism_summary(plan) -> str:
+    """One line on how the probed functions were attached, e.g. ``fentry/fexit: 40, kprobe/kretprobe: 3``."""
+    labels = {"fentry": "fentry/fexit", "kprobe": "kprobe/kretprobe", "inline-site": "inline-site kprobes"}
+    counts: dict[str, int] = {}
+    for fp in plan.functions.values():
+        if fp.probe:
+            counts[fp.probe] = counts.get(fp.probe, 0) + 1
+    return ", ".join(f"{labels.get(k, k)}: {v}" for k, v in sorted(counts.items())) or "kprobe"
+
+
+def lost_line(lost: int, per_cpu: list[int]) -> str:
+    """``3 lost (CPU 1: 3)``: lost events and the CPUs that lost them."""
+    cpus = ", ".join(f"CPU {c}: {n}" for c, n in enumerate(per_cpu or []) if n)
+    return f"{lost} lost" + (f" ({cpus})" if lost and cpus else "")
+
+
+def _run_traffic(workloads, packets, duration, until_interrupt, command, meta, progress) -> list[dict]:
+    """Make the traffic while the probes are attached; returns the workloads' results.
+
+    The Recorder prints its own live progress (events/s drained, lost) meanwhile.
+    """
+    from .workload import available_workloads, run_workload  # pyroute2 only needed here
+
+    results = []
+    if command:
+        progress(f"running: {' '.join(command)}")
+        rc = subprocess.run(command).returncode
+        meta["command"] = {"argv": command, "exit_status": rc}
+    elif duration or until_interrupt:
+        progress(f"recording {'for %.0f s' % duration if duration else 'until Ctrl-C'}: send your traffic now")
+        try:
+            deadline = time.monotonic() + duration if duration else None
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            progress("Ctrl-C: stopping")
+    else:
+        for name in workloads or list(available_workloads()):
+            progress(f"workload {name}: starting")
+            res = run_workload(name, packets=packets, progress=lambda m, n=name: progress(f"workload {n}: {m}"))
+            d = _jsonable(res)
+            d["description"] = available_workloads()[name].description
+            results.append(d)
+    return results
+
+
+def probe_and_stream(plan, stream, meta: dict, traffic, progress, ringbuf_pages: int = 1024,
+                     probes: str = "auto", filters=None, aggregate: bool = False, recorder=None) -> None:
+    """Attach the probes with ``stream`` as the Recorder's sink, run ``traffic()``, detach; fill ``meta``.
+
+    ``traffic`` is a callable returning the workloads' results. ``recorder`` replaces
+    :class:`probes.loader.Recorder` (tests). Sets ``meta`` keys ``mode``, ``probes``,
+    ``filters``, ``attach_failed``, ``recorded_s``, ``workloads``, ``lost``,
+    ``lost_per_cpu``, ``modules_arrived``, ``mechanism``, and ``aggregate`` in counting mode.
+    """
+    if recorder is None:
+        from .loader import Recorder as recorder  # noqa: PLC0415, N813
+    meta["mode"] = "aggregate" if aggregate else "events"
+    meta["probes"] = probes
+    meta["filters"] = {k: v for k, v in _fields_of(filters).items() if v not in (None, {}, ())}
+    with recorder(plan, ringbuf_pages=ringbuf_pages, progress=progress, probes=probes, filters=filters,
+                  aggregate=aggregate, sink=stream) as rec:
+        meta["attach_failed"] = rec.attach.failed
+        t0 = time.monotonic()
+        meta["workloads"] = traffic()
+        meta["recorded_s"] = round(time.monotonic() - t0, 3)
+    meta["lost"] = int(rec.lost)
+    meta["lost_per_cpu"] = [int(x) for x in (rec.lost_per_cpu or [])]
+    meta["modules_arrived"] = rec.arrived
+    meta["mechanism"] = mechanism_summary(plan)
+    if aggregate:
+        meta["aggregate"] = aggregate_meta(rec.aggregate or {}, plan.slot_names())
+        progress(f"counted {sum(p['calls'] for p in meta['aggregate']['paths'])} calls on "
+                 f"{len(meta['aggregate']['paths'])} distinct paths in the kernel")
+
+
 def record(
     specs: list[Spec],
     out: str | Path,
@@ -130,8 +238,16 @@ def record(
     load_modules: bool = False,
     debuginfo: list[str] | None = None,
     progress=lambda m: None,
+    probes: str = "auto",
+    filters=None,
+    aggregate: bool = False,
 ) -> Path:
-    """Probe the functions of ``specs`` while traffic flows; write the trace.
+    """Probe the functions of ``specs`` while traffic flows; stream the trace to Parquet.
+
+    Events go from the ring buffer to the Parquet file in row groups while the
+    run goes on (:class:`probes.stream.TraceStream`): memory does not grow with
+    the run's length. The trace is written in a staging folder beside ``out``
+    and moved into place only when complete: a previous ``out`` stays until then.
 
     Args:
         specs: documents already read.
@@ -154,113 +270,97 @@ def record(
             standard places and callpath's cache are always searched
             (:mod:`probes.debuginfo`): inlined functions are probed at their inline sites.
         progress: callable taking one status line.
+        probes: ``auto`` (fentry/fexit where the function allows it, else
+            kprobe/kretprobe), ``kprobe`` or ``fentry`` (see :class:`probes.loader.Recorder`).
+        filters: a :class:`probes.filters.Filters` applied in the kernel, or None.
+        aggregate: count in BPF maps instead of streaming events (``meta["aggregate"]``;
+            the event table then holds only the evidence recorded without BPF).
 
     Returns:
-        the Parquet path.
+        the Parquet path. Its metadata's ``lost`` (and ``lost_per_cpu``) count
+        the events the kernel dropped.
 
     Raises:
         RecordError: not root, no kprobes, or nothing traceable.
         probes.loader.ProbeError: compile/attach failure.
         probes.workload.WorkloadError: a workload could not run.
+        probes.stream.StreamError, callpath.outputs.OutputError: the trace cannot be written.
     """
-    from .workload import available_workloads, run_workload  # pyroute2 only needed here
+    from ..outputs import staged_dir  # noqa: PLC0415
 
     check_can_record()
+    out = Path(out)
     started = _now()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     meta: dict = {"kernel": kernel.kernel_release(), "host": socket.gethostname(), "where": where,
                   "specs": [s.source for s in specs], "started": started, "mechanism": "kprobe"}
     once: list[tuple[list[tuple], str]] = []  # (rows, mechanism) of run-once code
+    stream = None
     try:
-        with contextlib.ExitStack() as cleanup:
-            tracefs = cleanup.enter_context(kernel.mounted_tracefs())
-            index = index_or_none(meta["kernel"], progress)
-            if tracefs:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, Path(out).parent, boot_graph,
-                                              index))
-            progress("reading kallsyms and available_filter_functions")
-            syms = kernel.load_symbols()
-            wanted = modules_to_load(specs, index, syms.text, syms.clones)
-            if wanted and load_modules:
-                progress(f"loading the modules that define documented functions: {', '.join(wanted)}")
-                meta["modules"] = cleanup.enter_context(kernel.modules_loaded(wanted, progress))
-                syms = kernel.load_symbols()
-            elif wanted:
-                progress(f"modules not loaded: {', '.join(wanted)}; their functions are attached if they arrive "
-                         "during the run (--load-modules loads them first)")
+        with staged_dir(out.parent) as stage:  # the previous trace stays until this one is complete
             try:
-                btf = load_kernel_btf(documented_modules(specs, syms.text, syms.clones))
-            except BtfError as err:
-                progress(f"no BTF ({err}); skb arguments unknown, latency limited")
-                btf = None
-            facts = _inline_facts(specs, syms, index, debuginfo, progress)
-            plan = build_plan(specs, syms, btf, index=index, late_attach=True, tracking=True, inline=facts)
-            meta["inline"] = {"checked": facts is not None, "note": facts.note() if facts else "",
-                              "searched": dict(facts.searched) if facts else {}}
-            plan.fields = resolve_fields(btf, syms.release)
-            progress("kernel fields: " + ", ".join(f"{k} @{v['offset']}" for k, v in plan.fields.items())
-                     + f" ({next(iter(plan.fields.values()))['source']})")
-            for rows, mechanism in once:
-                for name in {r[-1] for r in rows}:
-                    if name in plan.functions and mechanism not in plan.functions[name].observed_by:
-                        plan.functions[name].observed_by.append(mechanism)
-            meta["plan"] = plan.to_dict()
-            n_probe = len(plan.probed())
-            if not n_probe:
-                raise RecordError("no documented function is traceable on this kernel: nothing to probe")
-            statuses = {}
-            for fp in plan.functions.values():
-                statuses[fp.status] = statuses.get(fp.status, 0) + 1
-            progress("plan: " + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())))
-            results = []
-            with Recorder(plan, ringbuf_pages=ringbuf_pages, progress=progress) as rec:
-                meta["attach_failed"] = rec.attach.failed
-                t0 = time.monotonic()
-                if command:
-                    progress(f"running: {' '.join(command)}")
-                    rc = subprocess.run(command).returncode
-                    meta["command"] = {"argv": command, "exit_status": rc}
-                elif duration or until_interrupt:
-                    progress(f"recording {'for %.0f s' % duration if duration else 'until Ctrl-C'}: send your traffic now")
-                    try:
-                        deadline = time.monotonic() + duration if duration else None
-                        while deadline is None or time.monotonic() < deadline:
-                            time.sleep(0.2)
-                    except KeyboardInterrupt:
-                        progress("Ctrl-C: stopping")
-                else:
-                    names = workloads or list(available_workloads())
-                    for name in names:
-                        progress(f"workload {name}: starting")
-                        res = run_workload(name, packets=packets, progress=lambda m, n=name: progress(f"workload {n}: {m}"))
-                        d = _jsonable(res)
-                        d["description"] = available_workloads()[name].description
-                        results.append(d)
-                meta["recorded_s"] = round(time.monotonic() - t0, 3)
-            meta["workloads"] = results
-            meta["lost"] = rec.lost
-            meta["modules_arrived"] = rec.arrived
-            _settle_late_modules(plan)
-            meta["plan"] = plan.to_dict()
-            # pandas/pyarrow are imported only now: importing them costs tens of
-            # seconds under TCG emulation, better spent after the recording
-            from ..analysis.trace import Trace, concat_events, events_from_rows, write_trace  # noqa: PLC0415
+                with contextlib.ExitStack() as cleanup:
+                    plan = _plan(specs, out, meta, once, cleanup, boot_graph, load_modules, debuginfo, progress)
+                    from .stream import TraceStream  # noqa: PLC0415 - pyarrow imported before the probes attach
 
-            id_to_name = plan.slot_names()
-            probe_events = events_from_rows(rec.rows, id_to_name)
-            sites = plan.site_slots()
-            if sites and len(probe_events):  # entry-only kprobes at inline sites (analysis/instants.py)
-                mech = probe_events["mechanism"].astype(object)
-                mech[probe_events["func_id"].isin(list(sites)).to_numpy()] = "inline-site"
-                probe_events["mechanism"] = mech
-            events = concat_events(probe_events,
-                                   *(events_from_rows(rows, mechanism=m) for rows, m in once))
-            meta["events"] = len(events)
+                    stream = TraceStream(stage / out.name, names=plan.slot_names(), mechanism=plan)
+                    probe_and_stream(
+                        plan, stream, meta,
+                        lambda: _run_traffic(workloads, packets, duration, until_interrupt, command, meta, progress),
+                        progress, ringbuf_pages=ringbuf_pages, probes=probes, filters=filters, aggregate=aggregate)
+                    _settle_late_modules(plan)
+                    meta["plan"] = plan.to_dict()
+                meta["ended"] = _now()
+                progress(f"writing the rest of the trace ({stream.events - stream.written} events buffered)")
+                stream.close(meta, once)
+            except BaseException:
+                if stream is not None:
+                    stream.abort()
+                raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
-    meta["ended"] = _now()
-    progress("writing the trace (Parquet)")
-    path = write_trace(Trace(events=events, meta=meta), out)
-    progress(f"trace written: {path} ({len(events)} events, {meta['lost']} lost)")
-    return path
+    progress(f"trace written: {out} ({meta['events']} events, {lost_line(meta['lost'], meta['lost_per_cpu'])})")
+    return out
+
+
+def _plan(specs, out: Path, meta, once, cleanup, boot_graph, load_modules, debuginfo, progress):
+    """Run-once evidence, symbols, modules, BTF, inline sites: the probe plan (``meta["plan"]`` too)."""
+    tracefs = cleanup.enter_context(kernel.mounted_tracefs())
+    index = index_or_none(meta["kernel"], progress)
+    if tracefs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        once.extend(_capture_run_once(specs, tracefs, meta, cleanup, progress, out.parent, boot_graph, index))
+    progress("reading kallsyms and available_filter_functions")
+    syms = kernel.load_symbols()
+    wanted = modules_to_load(specs, index, syms.text, syms.clones)
+    if wanted and load_modules:
+        progress(f"loading the modules that define documented functions: {', '.join(wanted)}")
+        meta["modules"] = cleanup.enter_context(kernel.modules_loaded(wanted, progress))
+        syms = kernel.load_symbols()
+    elif wanted:
+        progress(f"modules not loaded: {', '.join(wanted)}; their functions are attached if they arrive "
+                 "during the run (--load-modules loads them first)")
+    try:
+        btf = load_kernel_btf(documented_modules(specs, syms.text, syms.clones))
+    except BtfError as err:
+        progress(f"no BTF ({err}); skb arguments unknown, latency limited")
+        btf = None
+    facts = _inline_facts(specs, syms, index, debuginfo, progress)
+    plan = build_plan(specs, syms, btf, index=index, late_attach=True, tracking=True, inline=facts)
+    meta["inline"] = {"checked": facts is not None, "note": facts.note() if facts else "",
+                      "searched": dict(facts.searched) if facts else {}}
+    plan.fields = resolve_fields(btf, syms.release)
+    progress("kernel fields: " + ", ".join(f"{k} @{v['offset']}" for k, v in plan.fields.items())
+             + f" ({next(iter(plan.fields.values()))['source']})")
+    for rows, mechanism in once:
+        for name in {r[-1] for r in rows}:
+            if name in plan.functions and mechanism not in plan.functions[name].observed_by:
+                plan.functions[name].observed_by.append(mechanism)
+    meta["plan"] = plan.to_dict()
+    if not plan.probed():
+        raise RecordError("no documented function is traceable on this kernel: nothing to probe")
+    statuses: dict[str, int] = {}
+    for fp in plan.functions.values():
+        statuses[fp.status] = statuses.get(fp.status, 0) + 1
+    progress("plan: " + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())))
+    return plan

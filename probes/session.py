@@ -29,6 +29,11 @@ from pathlib import Path
 from . import runstate
 
 
+#: Exit status of ``callpath record``/``verify`` when the kernel lost events (the trace is complete
+#: otherwise, and its metadata counts them per CPU).
+LOST_STATUS = 3
+
+
 class SessionError(RuntimeError):
     """A run cannot start here (e.g. not root) or its lab VM run failed."""
 
@@ -74,6 +79,54 @@ class Traffic:
                     ringbuf_pages=self.ringbuf_pages)
 
 
+@dataclass
+class Probing:
+    """How the functions are probed and which events are kept (``--probes``, ``--aggregate``, filters).
+
+    Attributes:
+        probes: ``auto`` (fentry/fexit where a function allows it, kprobe/kretprobe
+            otherwise), ``kprobe`` or ``fentry``.
+        aggregate: count in BPF maps instead of streaming events.
+        netns: ``--netns``: a name under /run/netns, a path, or an inode number.
+        dev: ``--dev``: an interface name (in ``netns``, else in callpath's own netns).
+        pid: ``--pid``: a process id (its thread group is kept).
+    """
+
+    probes: str = "auto"
+    aggregate: bool = False
+    netns: str | None = None
+    dev: str | None = None
+    pid: int | None = None
+
+    def filtered(self) -> bool:
+        return any(x is not None for x in (self.netns, self.dev, self.pid))
+
+    def argv(self) -> list[str]:
+        """The ``callpath record`` options for the lab guest (filters are refused there: :meth:`check_lab`)."""
+        return ["--probes", self.probes] + (["--aggregate"] if self.aggregate else [])
+
+    def check_lab(self) -> None:
+        """Raise :class:`SessionError` when filters are asked for a lab VM run."""
+        if self.filtered():
+            given = ", ".join(f"--{k} {v}" for k, v in (("netns", self.netns), ("dev", self.dev), ("pid", self.pid))
+                              if v is not None)
+            raise SessionError(f"{given}: filters name namespaces, devices and processes of the probed machine; "
+                               "the lab VM's do not exist before it boots: use --host or `callpath record`")
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of :func:`probes.record.record`; resolves the filters now.
+
+        Raises:
+            probes.filters.FilterError: a filter names no namespace, device or process (one line).
+        """
+        filters = None
+        if self.filtered():
+            from .filters import resolve_filters  # noqa: PLC0415
+
+            filters = resolve_filters(netns=self.netns, dev=self.dev, pid=self.pid)
+        return dict(probes=self.probes, aggregate=self.aggregate, filters=filters)
+
+
 def needs_root(host: bool) -> None:
     """Refuse, before any work, what cannot run without root.
 
@@ -99,21 +152,24 @@ def sweep(progress) -> None:
 
 
 def verify_on_host(specs, trace_path: Path, traffic: Traffic, progress, load_modules: bool = False,
-                   debuginfo: list[str] | None = None) -> Path:
+                   debuginfo: list[str] | None = None, probing: Probing | None = None) -> Path:
     """Record on the running kernel into ``trace_path``; returns it.
 
     ``load_modules``: load the modules that define documented functions first
-    (``--load-modules``); else none is loaded unasked.
+    (``--load-modules``); else none is loaded unasked. ``probing``: probe kind,
+    counting mode and filters (default: :class:`Probing`).
 
     Raises:
-        probes.record.RecordError, probes.loader.ProbeError, probes.workload.WorkloadError.
+        probes.record.RecordError, probes.loader.ProbeError, probes.workload.WorkloadError,
+        probes.filters.FilterError.
     """
     from . import kernel
     from .record import record
 
+    options = (probing or Probing()).kwargs()  # filters resolved before anything is probed
     progress(f"probing the running kernel {kernel.kernel_release()}")
     return record(specs, trace_path, where="running kernel", load_modules=load_modules, progress=progress,
-                  debuginfo=debuginfo, **traffic.kwargs())
+                  debuginfo=debuginfo, **traffic.kwargs(), **options)
 
 
 def boot_options(specs, lab, progress) -> str | None:
@@ -170,7 +226,8 @@ def _callpath_argv(*args: str) -> list[str]:
 
 
 def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, progress,
-                  timeout_s: float = 1500, specs=None, debuginfo: list[str] | None = None) -> Path:
+                  timeout_s: float = 1500, specs=None, debuginfo: list[str] | None = None,
+                  probing: Probing | None = None) -> Path:
     """Record in a lab VM on ``lab``'s kernel; the trace and raw ftrace text land in ``out_dir``.
 
     Args:
@@ -185,13 +242,14 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
         debuginfo: folders with DWARF (``--debuginfo``), searched on the host
             before booting; the inline sites found reach the guest as a file
             (:func:`probes.inline.prepare_for_lab`).
+        probing: probe kind and counting mode, passed to the guest; filters are refused.
 
     Returns:
         the trace path ``out_dir/trace.parquet``; its metadata names the
         documents by their host paths.
 
     Raises:
-        SessionError: ``until_interrupt``, or the lab VM run failed.
+        SessionError: ``until_interrupt`` or filters, or the lab VM run failed.
         probes.labvm.LabError: vng missing, unsafe option, timeout.
     """
     from ..analysis.readers import read_spec
@@ -200,6 +258,8 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
 
     if traffic.until_interrupt:
         raise SessionError("--until-interrupt cannot be used in the lab VM (no terminal); use --duration")
+    probing = probing or Probing()
+    probing.check_lab()
     spec_paths = [Path(p).resolve() for p in spec_paths]
     if specs is None:
         specs = [read_spec(p) for p in spec_paths]
@@ -219,10 +279,11 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
             graph = stage / "boot-graph.txt"
             record += ["--boot-graph", str(graph)]
             lines.append(save_graph_script(shlex.quote(str(graph))))
-        lines.append("exec " + shlex.join(_callpath_argv(*record, *traffic.argv())))
+        lines.append("exec " + shlex.join(_callpath_argv(*record, *probing.argv(), *traffic.argv())))
         rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=progress, timeout_s=timeout_s,
                         append=append)
-        if rc != 0 or not trace.exists():
+        # exit status 3: the guest's record lost events; the trace is complete and says how many
+        if rc not in (0, LOST_STATUS) or not trace.exists():
             raise SessionError(f"the lab VM run failed (exit status {rc}); see the [lab] lines above")
         return _copy_results(stage, out_dir, [str(p) for p in spec_paths])
     finally:
@@ -230,16 +291,22 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
 
 
 def _copy_results(stage: Path, out_dir: Path, sources: list[str]) -> Path:
-    """Trace (its metadata naming the host's documents) and raw ftrace text from ``stage`` into ``out_dir``."""
-    from ..analysis.trace import read_trace, write_trace
+    """Trace (its metadata naming the host's documents) and raw ftrace text from ``stage`` into ``out_dir``.
+
+    The trace is copied a row group at a time (bounded memory) into a staging
+    file and renamed over ``out_dir/trace.parquet`` only when complete."""
+    from ..analysis.trace import copy_trace, read_meta
+    from ..outputs import staged_dir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for raw in [stage / "boot-graph.txt", *sorted(stage.glob("module-init-*.txt"))]:
         if raw.is_file():
             shutil.copyfile(raw, out_dir / raw.name)
-    trace = read_trace(stage / "trace.parquet")
-    trace.meta["specs"] = sources
-    return write_trace(trace, out_dir / "trace.parquet")
+    meta = read_meta(stage / "trace.parquet")
+    meta["specs"] = sources
+    with staged_dir(out_dir) as tmp:
+        copy_trace(stage / "trace.parquet", tmp / "trace.parquet", meta)
+    return out_dir / "trace.parquet"
 
 
 def lint_on_host(specs, progress, debuginfo: list[str] | None = None) -> dict:

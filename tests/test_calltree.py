@@ -55,3 +55,15 @@ def test_retval_kept():
     b = EventBuilder()
     b.call("a", retval=-22)
     assert build_forest(b.events()).frames.loc[0, "retval"] == -22
+
+
+def test_fentry_and_kprobe_events_of_one_thread_nest_together():
+    """One ring buffer carries fentry and kprobe events (--probes auto picks per function):
+    a kprobe callee inside a fentry caller is its child; function_graph stays a stream of its own."""
+    b = EventBuilder()
+    b.call("a", c("b"), c("g"))
+    ev = b.events()
+    ev["mechanism"] = ["fentry", "kprobe", "kprobe", "function_graph", "function_graph", "fentry"]
+    fr = build_forest(ev).frames
+    assert fr.loc[fr["function"] == "b", "parent"].item() == fr.index[fr["function"] == "a"][0]
+    assert fr.loc[fr["function"] == "g", "parent"].item() == -1

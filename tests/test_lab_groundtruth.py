@@ -10,7 +10,10 @@ A. ``callpath record DOC --load-modules -- graph_around.py OUT br_handle_frame b
    while the traffic flows;
 B. ``callpath record DOC -- bridge_traffic.py`` without ``--load-modules``:
    the bridge module arrives with the traffic (callpath unloaded it after A),
-   and its functions are attached when it does.
+   and its functions are attached when it does;
+C. as A's traffic with ``--probes kprobe`` (A took fentry/fexit where it could);
+D. as A's traffic with ``--aggregate`` (counted in BPF maps, no events);
+E. as A's traffic with ``--dev lo``: an in-kernel filter no packet of it passes.
 
 On the host: every documented function that function_graph shows running
 under its documented caller must be ``observed`` by callpath in A (for
@@ -98,6 +101,15 @@ def lab_run(tmp_path_factory):
         # the bridge module loads when the script creates the bridge; probes attach on its
         # arrival, which under TCG takes a few seconds: the script waits before sending
         shlex.join([*rec, "--out", str(stage / "b.parquet"), "--", *traffic, "--settle", "8"]),
+        # issue 12: the same traffic under kprobes only, and counted in the kernel;
+        # A took fentry/fexit wherever the kernel allows (--probes auto, the default)
+        "echo groundtruth: C start $(date +%s)",
+        shlex.join([*rec, "--load-modules", "--probes", "kprobe", "--out", str(stage / "c.parquet"), "--", *traffic]),
+        "echo groundtruth: D start $(date +%s)",
+        shlex.join([*rec, "--load-modules", "--aggregate", "--out", str(stage / "d.parquet"), "--", *traffic]),
+        # in-kernel filter: the init netns's loopback carries none of the bridge traffic
+        "echo groundtruth: E start $(date +%s)",
+        shlex.join([*rec, "--load-modules", "--dev", "lo", "--out", str(stage / "e.parquet"), "--", *traffic]),
         "echo groundtruth: end $(date +%s)",
     ]
     (stage / "job.sh").write_text("\n".join(job) + "\n")
@@ -106,7 +118,7 @@ def lab_run(tmp_path_factory):
     (stage / "lab.log").write_text("\n".join(lines))
     assert rc == 0, "\n".join(lines[-30:])
     spec = read_spec(DOC)
-    reports = {k: build_report(read_trace(stage / f"{k}.parquet"), [spec], stage / k) for k in "ab"}
+    reports = {k: build_report(read_trace(stage / f"{k}.parquet"), [spec], stage / k) for k in "abcd"}
     return spec, (stage / "graph.txt").read_text(errors="replace"), reports, stage
 
 
@@ -140,3 +152,38 @@ def test_module_arriving_with_the_traffic_is_probed(lab_run):
     (stage / "late.json").write_text(json.dumps({f: [s["verdict"], s["count"], s["detail"]] for f, s in steps.items()},
                                                 indent=1) + "\n" + json.dumps(meta.get("modules_arrived")))
     assert steps["br_handle_frame"]["verdict"] in OBSERVED + ("module-not-loaded",)
+
+
+def test_fentry_kprobe_and_counting_give_the_same_verdicts(lab_run):
+    """Issue 12: per-event fentry (A), per-event kprobe (C) and counting mode (D) agree on
+    every step of the same traffic, and A really used fentry/fexit for module functions."""
+    _spec, _graph, reports, stage = lab_run
+    a, c, d = (_steps(reports[k]) for k in "acd")
+    table = {f: (a[f]["verdict"], c[f]["verdict"], d[f]["verdict"], a[f]["count"], c[f]["count"], d[f]["count"])
+             for f in a}
+    (stage / "modes.json").write_text(json.dumps(table, indent=1))
+    print("\n".join(f"{f:<24} {v}" for f, v in table.items()))
+    assert all(v[0] == v[1] == v[2] for v in table.values()), table
+    meta_a = json.loads((stage / "a.meta.json").read_text())
+    meta_c = json.loads((stage / "c.meta.json").read_text())
+    meta_d = json.loads((stage / "d.meta.json").read_text())
+    probes_a = {n: f.get("probe") for n, f in meta_a["plan"]["functions"].items() if f.get("func_id") is not None}
+    assert "fentry" in probes_a.values(), probes_a
+    assert probes_a.get("br_handle_frame") == "fentry", probes_a  # a module function (bridge.ko)
+    assert all(f.get("probe") in (None, "kprobe", "inline-site") for f in meta_c["plan"]["functions"].values())
+    assert meta_d.get("mode") == "aggregate" and meta_d["aggregate"]["paths"], meta_d.get("mode")
+
+
+def test_device_filter_drops_other_devices_in_the_kernel(lab_run):
+    """Issue 12: ``--dev lo`` keeps only events of the init netns's loopback; the bridge
+    traffic runs in namespaces of its own, so no event with a device may be in the trace,
+    and the packet path is not exercised (A, unfiltered, observed it)."""
+    _spec, _graph, reports, stage = lab_run
+    ev = read_trace(stage / "e.parquet").events
+    meta = json.loads((stage / "e.meta.json").read_text())
+    assert meta["filters"]["ifindex"] == 1, meta.get("filters")
+    with_dev = ev[(ev["ifindex"] != 0) & (ev["mechanism"] != "function_graph")]
+    assert len(with_dev) == 0, with_dev.head()
+    e, a = _steps(reports["e"]), _steps(reports["a"])
+    assert a["br_forward"]["verdict"] in OBSERVED
+    assert e["br_forward"]["verdict"] == "not-exercised", e["br_forward"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what callpath needs on a Debian 12 machine, idempotently, with progress.
 #   Debian packages: QEMU, busybox (virtme-ng's initramfs), Debian's kernel and its
-#   headers (the lab VM kernel; bcc compiles against the headers), bcc's Python module.
+#   headers (the lab VM kernel; bcc compiles against the headers), bcc's Python module,
+#   bpftrace (benchmarks/bench_overhead.py measures callpath beside it).
 #   A venv from the system Python with --system-site-packages (so `import bcc` works),
 #   with the project, virtme-ng, pytest and hypothesis.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-APT_PKGS=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64 python3-bpfcc bpfcc-tools python3-venv kmod chromium chromium-driver python3-selenium)
+APT_PKGS=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64 python3-bpfcc bpfcc-tools bpftrace python3-venv kmod chromium chromium-driver python3-selenium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

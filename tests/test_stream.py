@@ -1,0 +1,339 @@
+"""Streaming traces (probes/stream.py), record's metadata and lost status, the new CLI flags: no root, no lab."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from callpath.analysis.trace import copy_trace, read_meta, read_trace
+from callpath.probes import record as rec_mod
+from callpath.probes.event import EVENT_DTYPE
+from callpath.probes.plan import FunctionPlan, ProbePlan
+from callpath.probes.stream import StreamError, TraceStream
+
+
+def _batch(n, start_ts=0, fids=(1, 2, 5), comm=b"iperf3"):
+    b = np.zeros(n, EVENT_DTYPE)
+    b["ts_ns"] = np.arange(start_ts, start_ts + n)
+    b["func_id"] = np.resize(np.array(fids, np.uint32), n)
+    b["kind"] = np.arange(n) % 2
+    b["tid"] = 7
+    b["cpu"] = np.arange(n) % 2
+    b["skb"] = np.uint64(0xFFFF888000000000) + np.arange(n, dtype=np.uint64)
+    b["retval"] = -np.arange(n)
+    b["ifindex"] = 3
+    b["comm"] = comm
+    return b
+
+
+def _plan():
+    fps = {
+        "a": FunctionPlan(name="a", status="traceable", func_id=1, probe="fentry"),
+        "b": FunctionPlan(name="b", status="traceable", func_id=2, probe="kprobe"),
+        "c": FunctionPlan(name="c", status="inlined", inline_sites=[{"func_id": 5, "probe": "x+3", "symbol": "x",
+                                                                      "offset": 3}], probe="inline-site"),
+    }
+    return ProbePlan(release="6.1.0-test", mechanism="kprobe", functions=fps)
+
+
+def test_many_batches_one_readable_trace(tmp_path):
+    """Batches of odd sizes -> one trace: seq in arrival order, names and mechanisms from the plan,
+    run-once rows after the probe events, metadata read back by read_trace, memory bounded."""
+    plan = _plan()
+    s = TraceStream(tmp_path / "t.parquet", names=plan.slot_names(), mechanism=plan, batch_rows=1000)
+    sizes = [1, 999, 1000, 2500, 7, 0, 3333]
+    ts = 0
+    for n in sizes:
+        s(_batch(n, ts))
+        ts += n
+        assert s.peak_buffered <= 1000
+    once = [([(0, 10, 0, 0, 1, 1, 0, 0, 0, 0, 0, b"swapper", "net_dev_init")], "function_graph")]
+    meta = {"kernel": "6.1.0-test", "lost": 0, "lost_per_cpu": [0, 0], "mode": "events"}
+    path = s.close(meta, once)
+    total = sum(sizes)
+    assert s.peak_buffered <= 1000 and s.row_groups >= total // 1000
+    t = read_trace(path)
+    ev = t.events
+    assert len(ev) == total + 1 and t.meta["events"] == total + 1 and t.meta["lost_per_cpu"] == [0, 0]
+    assert (ev["seq"].to_numpy() == np.arange(total + 1)).all()
+    assert (ev["ts_ns"].to_numpy()[:total] == np.arange(total)).all()
+    probe = ev.iloc[:total]
+    by_fid = probe.groupby("func_id", observed=True).agg(function=("function", "first"), mech=("mechanism", "first"))
+    assert by_fid.to_dict("index") == {1: {"function": "a", "mech": "fentry"}, 2: {"function": "b", "mech": "kprobe"},
+                                       5: {"function": "c", "mech": "inline-site"}}
+    assert set(probe["comm"].astype(str)) == {"iperf3"} and probe["retval"].iloc[1:4].tolist() == [0, -1, -2]
+    assert ev.iloc[-1][["function", "mechanism", "comm"]].tolist() == ["net_dev_init", "function_graph", "swapper"]
+    assert json.loads((tmp_path / "t.meta.json").read_text())["events"] == total + 1
+    # the row groups are bounded by batch_rows
+    md = pq.ParquetFile(path).metadata
+    assert max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 1000
+
+
+def test_writer_thread_queue_bounds_memory(tmp_path, monkeypatch):
+    """A slow writer: the sink waits instead of buffering more than (queue + 1) batches."""
+    import threading
+    import time
+
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, queue_batches=1)
+    gate = threading.Event()
+    real = s._write
+
+    def slow(table):
+        gate.wait(5)
+        real(table)
+
+    monkeypatch.setattr(s, "_write", slow)
+    done = threading.Event()
+
+    def feed():
+        for _ in range(5):
+            s(_batch(100))
+        done.set()
+
+    threading.Thread(target=feed, daemon=True).start()
+    time.sleep(0.5)
+    assert not done.is_set()  # blocked: one batch in the writer, one queued, one waiting to be queued
+    assert s._queue.qsize() <= 1 and s.peak_buffered <= 100
+    gate.set()
+    assert done.wait(5)
+    s.close({"kernel": "k", "lost": 0})
+    assert len(read_trace(tmp_path / "t.parquet").events) == 500
+
+
+def test_write_failure_surfaces_in_sink_and_close(tmp_path, monkeypatch):
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=10)
+
+    def boom(_table):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s, "_write", boom)
+    s(_batch(10))
+    import time
+
+    for _ in range(100):
+        if s._error is not None:
+            break
+        time.sleep(0.01)
+    with pytest.raises(StreamError, match="No space left"):
+        s(_batch(10))
+    with pytest.raises(StreamError, match="No space left"):
+        s.close({"kernel": "k"})
+
+
+def test_empty_stream_is_a_valid_trace(tmp_path):
+    s = TraceStream(tmp_path / "t.parquet")
+    s.close({"kernel": "k", "lost": 0, "mode": "aggregate"})
+    t = read_trace(tmp_path / "t.parquet")
+    assert len(t.events) == 0 and t.meta["mode"] == "aggregate" and t.meta["events"] == 0
+
+
+def test_copy_trace_replaces_metadata_row_group_by_row_group(tmp_path):
+    s = TraceStream(tmp_path / "a.parquet", names={1: "a"}, batch_rows=50)
+    s(_batch(120, fids=(1,)))
+    s.close({"kernel": "k", "lost": 2, "specs": ["/guest/000.txt"]})
+    meta = read_meta(tmp_path / "a.parquet")
+    meta["specs"] = ["/host/doc.txt"]
+    copy_trace(tmp_path / "a.parquet", tmp_path / "b.parquet", meta)
+    t = read_trace(tmp_path / "b.parquet")
+    assert t.meta["specs"] == ["/host/doc.txt"] and t.meta["lost"] == 2 and len(t.events) == 120
+    assert pq.ParquetFile(tmp_path / "b.parquet").metadata.num_row_groups == 3
+
+
+def test_aggregate_meta_maps_ids_to_names():
+    agg = {"paths": [{"ids": [3, 7], "calls": 12, "sum_ns": 34567}, {"ids": [9], "calls": 1, "sum_ns": 5}],
+           "order": [{"parent": [3], "children": [7, 9], "calls": 10}],
+           "hist": [{"func_id": 7, "bucket": 5, "count": 9}],
+           "max_depth": 16, "depth_overflow": 1, "unmatched_returns": 2, "threads_evicted": 0}
+    out = rec_mod.aggregate_meta(agg, {3: "macvlan_start_xmit", 7: "dev_forward_skb"})
+    assert out == {"paths": [{"path": ["macvlan_start_xmit", "dev_forward_skb"], "calls": 12, "sum_ns": 34567},
+                             {"path": ["#9"], "calls": 1, "sum_ns": 5}],
+                   "order": [{"parent": ["macvlan_start_xmit"], "children": ["dev_forward_skb", "#9"], "calls": 10}],
+                   "hist": [{"function": "dev_forward_skb", "bucket": 5, "count": 9}],
+                   "max_depth": 16, "depth_overflow": 1, "unmatched_returns": 2, "threads_evicted": 0}
+
+
+class FakeRecorder:
+    """Stand-in for probes.loader.Recorder: feeds the sink from a thread-less loop, counts lost per CPU."""
+
+    seen: dict = {}
+
+    def __init__(self, plan, ringbuf_pages=1024, progress=None, probes="auto", filters=None, aggregate=False,
+                 sink=None):
+        FakeRecorder.seen = dict(probes=probes, filters=filters, aggregate=aggregate, sink=sink)
+        self.plan, self.sink, self.aggregate_mode = plan, sink, aggregate
+        self.attach = SimpleNamespace(failed={"d": "no such symbol"})
+        self.arrived = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.aggregate_mode:
+            for i in range(4):
+                self.sink(_batch(300, i * 300))
+        self.events = 0 if self.aggregate_mode else 1200
+        self.lost, self.lost_per_cpu = 5, [0, 5]
+        self.aggregate = {"paths": [{"ids": [1, 2], "calls": 3, "sum_ns": 30}], "order": [], "hist": [],
+                          "max_depth": 16, "depth_overflow": 0, "unmatched_returns": 0,
+                          "threads_evicted": 0} if self.aggregate_mode else None
+        return False
+
+
+@pytest.mark.parametrize("aggregate", [False, True])
+def test_probe_and_stream_fills_meta(tmp_path, aggregate):
+    plan = _plan()
+    stream = TraceStream(tmp_path / "t.parquet", names=plan.slot_names(), mechanism=plan, batch_rows=256)
+    meta = {"kernel": "6.1.0-test"}
+    filters = SimpleNamespace(netns=4026531840, ifindex=None, tgid=None)
+    rec_mod.probe_and_stream(plan, stream, meta, lambda: [{"name": "veth"}], lambda m: None, probes="kprobe",
+                             filters=filters, aggregate=aggregate, recorder=FakeRecorder)
+    assert FakeRecorder.seen["probes"] == "kprobe" and FakeRecorder.seen["sink"] is stream
+    stream.close(meta)
+    t = read_trace(tmp_path / "t.parquet")
+    assert t.meta["mode"] == ("aggregate" if aggregate else "events")
+    assert t.meta["lost"] == 5 and t.meta["lost_per_cpu"] == [0, 5] and t.meta["probes"] == "kprobe"
+    assert t.meta["filters"] == {"netns": 4026531840} and t.meta["attach_failed"] == {"d": "no such symbol"}
+    assert "fentry/fexit: 1" in t.meta["mechanism"] and "kprobe/kretprobe: 1" in t.meta["mechanism"]
+    if aggregate:
+        assert len(t.events) == 0
+        assert t.meta["aggregate"]["paths"] == [{"path": ["a", "b"], "calls": 3, "sum_ns": 30}]
+    else:
+        assert len(t.events) == 1200 and "aggregate" not in t.meta
+    assert rec_mod.lost_line(5, [0, 5]) == "5 lost (CPU 1: 5)"
+
+
+def _fake_trace(path, lost):
+    s = TraceStream(path, batch_rows=10)
+    s(_batch(3))
+    return s.close({"kernel": "k", "lost": lost, "lost_per_cpu": [lost]})
+
+
+@pytest.mark.parametrize("lost,status", [(0, 0), (7, 3)])
+def test_record_exit_status_when_events_were_lost(tmp_path, monkeypatch, capsys, lost, status):
+    from callpath.cli import main
+    from callpath.probes import record as record_module
+    from callpath.probes import session
+
+    seen = {}
+
+    def fake_record(specs, out, **kw):
+        seen.update(kw)
+        return _fake_trace(out, lost)
+
+    monkeypatch.setattr(record_module, "record", fake_record)
+    monkeypatch.setattr(session, "sweep", lambda p: None)
+    out = tmp_path / "t.parquet"
+    rc = main(["record", "specs/macvlan-newlink-xmit.txt", "--out", str(out), "--probes", "fentry", "--aggregate",
+               "--duration", "1"])
+    assert rc == status
+    assert seen["probes"] == "fentry" and seen["aggregate"] is True and seen["filters"] is None
+    err = capsys.readouterr().err
+    assert ("exit status 3" in err) == bool(lost)
+
+
+def test_cli_filters_reach_resolve_filters_and_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    import sys
+    import types
+
+    from callpath.cli import main
+    from callpath.probes import record as record_module
+    from callpath.probes import session
+
+    class FilterError(ValueError):
+        pass
+
+    calls = []
+
+    def resolve_filters(netns=None, dev=None, pid=None):
+        calls.append((netns, dev, pid))
+        raise FilterError(f"--netns {netns}: no such network namespace (/run/netns/{netns})")
+
+    fake = types.ModuleType("callpath.probes.filters")
+    fake.FilterError, fake.resolve_filters = FilterError, resolve_filters
+    monkeypatch.setitem(sys.modules, "callpath.probes.filters", fake)
+    monkeypatch.setattr(session, "sweep", lambda p: None)
+    monkeypatch.setattr(record_module, "record", lambda *a, **k: pytest.fail("recorded despite a bad filter"))
+    rc = main(["record", "specs/macvlan-newlink-xmit.txt", "--out", str(tmp_path / "t.parquet"), "--netns", "blue",
+               "--dev", "eth0", "--pid", "42"])
+    assert rc == 2 and calls == [("blue", "eth0", 42)]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["callpath: error: --netns blue: no such network namespace (/run/netns/blue)"]
+
+
+def test_lab_refuses_filters_before_booting(tmp_path, monkeypatch, capsys):
+    from callpath.cli import main
+    from callpath.probes import kernel, session
+
+    monkeypatch.setattr(kernel, "has_kprobes", lambda: False)
+    monkeypatch.setattr(session, "needs_root", lambda host: None)
+    monkeypatch.setattr(session, "sweep", lambda p: pytest.fail("went on despite a lab filter"))
+    rc = main(["verify", "specs/macvlan-newlink-xmit.txt", "--out", str(tmp_path / "o"), "--dev", "eth0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "--dev eth0" in err[0] and "--host" in err[0]
+
+
+def test_probing_argv_for_the_lab_guest():
+    from callpath.probes.session import Probing
+
+    assert Probing().argv() == ["--probes", "auto"]
+    assert Probing(probes="kprobe", aggregate=True).argv() == ["--probes", "kprobe", "--aggregate"]
+    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None}
+
+
+def test_cli_parses_probe_flags():
+    from callpath.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["verify", "--host", "--probes", "kprobe", "--aggregate", "--netns", "4026531840",
+                      "--dev", "veth0", "--pid", "1"])
+    assert (a.probes, a.aggregate, a.netns, a.dev, a.pid) == ("kprobe", True, "4026531840", "veth0", 1)
+    a = p.parse_args(["record", "--out", "t.parquet"])
+    assert (a.probes, a.aggregate, a.netns, a.dev, a.pid) == ("auto", False, None, None, None)
+    with pytest.raises(SystemExit):
+        p.parse_args(["record", "--out", "t", "--probes", "uprobe"])
+
+
+def test_filters_meta_from_the_real_filters_class(tmp_path):
+    from callpath.probes.filters import Filters
+
+    plan = _plan()
+    stream = TraceStream(tmp_path / "t.parquet", names=plan.slot_names(), mechanism=plan)
+    meta = {"kernel": "k"}
+    f = Filters(netns=4026532000, ifindex=3, labels=(("dev", "veth0"),))
+    rec_mod.probe_and_stream(plan, stream, meta, lambda: [], lambda m: None, filters=f, recorder=FakeRecorder)
+    stream.close(meta)
+    assert read_meta(tmp_path / "t.parquet")["filters"] == {"netns": 4026532000, "ifindex": 3,
+                                                            "labels": {"dev": "veth0"}}
+
+
+def test_lab_job_passes_probing_and_accepts_lost_status(tmp_path, monkeypatch):
+    """The guest gets --probes/--aggregate; its exit status 3 (events lost) still yields the trace,
+    copied out row group by row group with the host's document names."""
+    from pathlib import Path
+
+    from callpath.probes import labvm, runstate, session
+
+    monkeypatch.setenv("CALLPATH_RUN_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    monkeypatch.setattr(runstate, "_reg", runstate._Registry())
+    monkeypatch.setattr(labvm, "find_vng", lambda: "/x/vng")
+    seen = {}
+
+    def run(lab, inner, rwdirs, **kw):
+        seen["job"] = Path(inner[1]).read_text()
+        _fake_trace(rwdirs[0] / "trace.parquet", 4)
+        return session.LOST_STATUS
+
+    monkeypatch.setattr(labvm, "run_in_lab", run)
+    spec = Path(__file__).resolve().parent.parent / "specs" / "macvlan-newlink-xmit.txt"
+    lab = labvm.LabKernel("6.1.0-56-amd64", Path("/boot/vmlinuz-6.1.0-56-amd64"), True)
+    out = session.verify_in_lab(lab, [spec], tmp_path / "o", session.Traffic(workloads=["macvlan"]), lambda m: None,
+                                probing=session.Probing(probes="fentry", aggregate=True))
+    assert "--probes fentry --aggregate" in seen["job"]
+    meta = read_meta(out)
+    assert meta["lost"] == 4 and meta["specs"] == [str(spec)] and len(read_trace(out).events) == 3
+    with pytest.raises(session.SessionError, match="--pid 7"):
+        session.verify_in_lab(lab, [spec], tmp_path / "o2", session.Traffic(), lambda m: None,
+                              probing=session.Probing(pid=7))
