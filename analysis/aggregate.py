@@ -50,7 +50,7 @@ AGGREGATE = "aggregate"
 #: Aggregate frames' ``thread`` key (they belong to no one thread).
 THREAD = "aggregate"
 #: Counters of the kernel side, copied into :attr:`AggregateForest.counters`.
-COUNTERS = ("max_depth", "depth_overflow", "unmatched_returns", "threads_evicted")
+COUNTERS = ("max_depth", "depth_overflow", "unmatched_returns", "map_full", "stale_frames")
 
 
 def is_aggregate(meta: dict) -> bool:
@@ -85,7 +85,7 @@ class AggregateForest(CallForest):
         order_calls: int64 array, per order row the parent calls with that sequence.
         order_children: per order row the child names in first-seen order (tuple of str, at most 4).
         counters: the kernel's ``max_depth``, ``depth_overflow``, ``unmatched_returns``,
-            ``threads_evicted`` (ints), plus ``paths`` (distinct paths counted).
+            ``map_full``, ``stale_frames`` (ints, :mod:`probes.aggread`), plus ``paths`` (distinct paths counted).
         aggregate_frames: bool array, True for frames from the counts (False: from events).
     """
 

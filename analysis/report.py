@@ -14,7 +14,7 @@
                  "steps": [{"number", "function", "verdict", "count", "evidence", ...}]}],
       "latency": [{"function", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "mean_ns", "plot"}],
       "mode": "per-event" | "aggregate (counted in BPF maps)",
-      "aggregate": null | {"max_depth", "depth_overflow", "unmatched_returns", "threads_evicted", "paths"},
+      "aggregate": null | {"max_depth", "depth_overflow", "unmatched_returns", "map_full", "stale_frames", "paths"},
       "latency_source": "per-packet samples (entry to return)" | "counted in the kernel (log2 buckets)",
       "probes": {name: "fentry" | "kprobe" | "inline-site"}   # per probed function (old traces: kprobe)
     }
@@ -108,6 +108,7 @@ def build_report(trace: Trace, specs: list[Spec], out_dir: str | Path | None = N
         "where": trace.meta.get("where", ""),
         "events": n_events,
         "lost": int(trace.meta.get("lost", 0)),
+        "lost_per_cpu": [int(x) for x in trace.meta.get("lost_per_cpu") or []],
         "orphan_returns": forest.orphan_returns,
         "unterminated": forest.unterminated,
         "lost_returns": forest.lost_returns,
@@ -184,7 +185,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"- kernel: {_md_code(report['kernel'])} ({_md_escape(report['where'] or 'running kernel')}), "
         f"probes: {_md_escape(report['mechanism'])}",
-        f"- events: {report['events']}, lost (ring buffer full): {report['lost']}, "
+        f"- events: {report['events']}, lost (ring buffer full): {report['lost']}"
+        + (" (per CPU: " + ", ".join(f"CPU {i}: {n}" for i, n in enumerate(report["lost_per_cpu"]) if n) + ")"
+           if report["lost"] and any(report.get("lost_per_cpu") or []) else "") + ", "
         f"returns without entry: {report['orphan_returns']}, calls without return: {report['unterminated']}"
         + (f" ({report.get('lost_returns', 0)} closed by an enclosing return, {report.get('open_at_end', 0)} still open "
            "at trace end; they prove no nesting)" if report["unterminated"] else ""),
@@ -276,8 +279,8 @@ def _aggregate_counters(counters: dict | None) -> str:
         return ""
     return (f": {counters.get('paths', 0)} distinct paths of probed functions; stack depth kept "
             f"{counters.get('max_depth', 0)}, entries beyond it {counters.get('depth_overflow', 0)}, returns without "
-            f"their entry on the stack {counters.get('unmatched_returns', 0)}, threads evicted from the stack map "
-            f"{counters.get('threads_evicted', 0)}")
+            f"their entry on the stack {counters.get('unmatched_returns', 0)}, frames found returned unseen "
+            f"{counters.get('stale_frames', 0)}, counts lost to full maps {counters.get('map_full', 0)}")
 
 
 def _bucket_latency_markdown(report: dict) -> list[str]:

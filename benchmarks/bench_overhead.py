@@ -8,8 +8,10 @@ this order, each with a warm-up flood, then --repeat floods (the median by
 received packets/s is kept):
 
   none       no probes
-  kprobe     callpath per-event, kprobe/kretprobe (Recorder probes="kprobe")
-  fentry     callpath per-event, fentry/fexit (probes="fentry")
+  kprobe     callpath per-event, kprobe/kretprobe only (Recorder probes="kprobe");
+             both per-event variants stream to Parquet like `record` (probes/stream.py)
+  fentry     callpath per-event, --probes auto: fentry/fexit wherever the kernel allows,
+             kprobe/kretprobe for the rest (the "mechanisms" field counts them)
   aggregate  callpath counting mode (aggregate=True): no events streamed
   bpftrace   bpftrace, kprobe+kretprobe on the plan's symbols, @[probe] = count()
   ftrace     function_graph on the plan's symbols, in a tracefs instance of its own
@@ -35,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import inspect
 import json
 import os
 import re
@@ -87,33 +88,32 @@ def measure(socks, args) -> dict:
 
 # -- callpath --------------------------------------------------------------
 def run_callpath(variant: str, plan, socks, args, progress) -> dict:
-    """Per-event kprobe or fentry, or aggregate, through callpath's Recorder."""
-    from callpath.probes.loader import Recorder
+    """callpath per event (``kprobe``: kprobes only; ``fentry``: ``--probes auto``, fentry/fexit
+    wherever the kernel allows, kprobes for the rest), or counting mode, as ``record`` runs it:
+    events go through the same streaming Parquet writer (probes/stream.py) to a scratch file."""
+    import tempfile
 
-    params = inspect.signature(Recorder.__init__).parameters
-    kwargs: dict = {}
-    if variant in ("kprobe", "fentry"):
-        if "probes" in params:
-            kwargs["probes"] = variant
-        elif variant == "fentry":
-            return {"skipped": "Recorder has no probes= parameter yet"}
+    from callpath.probes.loader import Recorder
+    from callpath.probes.stream import TraceStream
+
+    kwargs: dict = {"probes": "kprobe" if variant == "kprobe" else "auto"}
+    stream = None
+    scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-")
     if variant == "aggregate":
-        if "aggregate" not in params:
-            return {"skipped": "Recorder has no aggregate= parameter yet"}
         kwargs["aggregate"] = True
-    delivered, use_rows = [0], "sink" not in params  # the Recorder before issue 12 keeps rows
-    if not use_rows and variant != "aggregate":
-        kwargs["sink"] = lambda batch: delivered.__setitem__(0, delivered[0] + len(batch))
-    with Recorder(plan, progress=progress, **kwargs) as rec:
-        t0 = time.monotonic()
-        row = measure(socks, args)
-        if use_rows:  # count them, then let them go
-            delivered[0] += len(rec.rows)
-            rec.rows = []
-    seconds = time.monotonic() - t0
-    if use_rows:
-        delivered[0] += len(rec.rows)
-    events = int(getattr(rec, "events", None) or delivered[0])
+    else:
+        stream = TraceStream(Path(scratch.name) / "trace.parquet", plan.slot_names(), plan)
+        kwargs["sink"] = stream
+    try:
+        with Recorder(plan, progress=progress, **kwargs) as rec:
+            t0 = time.monotonic()
+            row = measure(socks, args)
+        seconds = time.monotonic() - t0
+        if stream is not None:
+            stream.close({"bench": variant})
+    finally:
+        scratch.cleanup()
+    events = rec.events
     row.update(events=events, drained_per_s=round(events / seconds) if seconds else 0,
                recording_s=round(seconds, 2), lost=int(rec.lost), attached=len(rec.attach.attached),
                failed=dict(rec.attach.failed))

@@ -117,8 +117,8 @@ BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
 struct pathkey { u16 ids[CP_DEPTH]; };
 struct pathval { u64 calls; u64 sum_ns; };
 struct orderkey { u16 ids[CP_DEPTH]; u64 seq; };
-BPF_HASH(paths, struct pathkey, struct pathval, 65536);
-BPF_HASH(orders, struct orderkey, u64, 65536);
+BPF_PERCPU_HASH(paths, struct pathkey, struct pathval, 65536);
+BPF_PERCPU_HASH(orders, struct orderkey, u64, 65536);
 BPF_PERCPU_ARRAY(hist, u64, CALLPATH_MAX_FUNCS * CP_BUCKETS);
 /* [0] depth overflow, [1] unmatched returns, [2] paths/orders map full, [3] stale frames dropped */
 BPF_PERCPU_ARRAY(agg_err, u64, 4);
@@ -219,7 +219,8 @@ static __always_inline int emit(u32 id, u8 kind, u64 skb, struct devinfo *d, s64
 	e->ifindex = d->ifindex;
 	e->netns = d->netns;
 	e->retval = retval;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	if (kind == CALLPATH_EVENT_ENTRY)  /* a frame takes its entry's comm (analysis/calltree.py) */
+		bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	/* BPF_RB_NO_WAKEUP (1): no irq_work per event; user space polls (probes/ringread.py) */
 	events.ringbuf_submit(e, 1);
 	return 0;
@@ -245,14 +246,16 @@ static __always_inline struct tstate *thread_state(void)
 }
 
 #if CALLPATH_AGGREGATE
-/* the path key of frames 0..top (ids above top read as 0) */
-static __always_inline void path_of(struct pathkey *k, struct tstate *st, int top)
+/*
+ * The path key of the open frames 0..top: a copy of ids[], which holds 0 above
+ * the top frame (stack_entry and stack_return keep it so), hence no loop.
+ */
+static __always_inline void path_of(struct pathkey *k, struct tstate *st)
 {
-#pragma unroll
-	for (int j = 0; j < CP_DEPTH; j++)
-		k->ids[j] = j <= top ? st->ids[j] : 0;
+	__builtin_memcpy(k->ids, st->ids, sizeof(k->ids));
 }
 
+/* per-CPU maps: plain adds, no atomics; probes/aggread.py sums the CPUs */
 static __always_inline void count_path(struct pathkey *k, u64 ns)
 {
 	struct pathval zero = {}, *v = paths.lookup_or_try_init(k, &zero);
@@ -261,8 +264,8 @@ static __always_inline void count_path(struct pathkey *k, u64 ns)
 		count_err(2);
 		return;
 	}
-	__sync_fetch_and_add(&v->calls, 1);
-	__sync_fetch_and_add(&v->sum_ns, ns);
+	v->calls += 1;
+	v->sum_ns += ns;
 }
 
 /* note child id1 (func id + 1) in the first-seen order of frame d */
@@ -306,15 +309,19 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 		d = CP_DEPTH;
 	if (sp && !st->over) {
 #pragma unroll
-		for (int i = CP_DEPTH - 1; i >= 0; i--) {
-			u64 top = st->sp[i];
-			if (i == (int)d - 1 && top && (top >> 14) == (sp >> 14) && top <= sp) {
-				st->ids[i] = 0;
-				d = i;
+		for (int k = 0; k < CP_DEPTH; k++) {
+			u64 top;
+
+			if (!d)
+				break;
+			top = st->sp[slot_of(d - 1)];
+			if (!top || (top >> 14) != (sp >> 14) || top > sp)
+				break;  /* the usual case: the top frame encloses this entry */
+			st->ids[slot_of(d - 1)] = 0;
+			d--;
 #if CALLPATH_AGGREGATE
-				count_err(3);
+			count_err(3);
 #endif
-			}
 		}
 		st->depth = d;
 	}
@@ -323,8 +330,8 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 	if (keep) {
 		note_child(st, (int)d - 1, id + 1);
 		if (entry_only && d < CP_DEPTH) {  /* an inline site: a leaf counted at its entry */
-			struct pathkey k = {};
-			path_of(&k, st, (int)d - 1);
+			struct pathkey k;
+			path_of(&k, st);
 			k.ids[slot_of(d)] = id + 1;
 			count_path(&k, 0);
 		}
@@ -366,9 +373,15 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 	if (d > CP_DEPTH)
 		d = CP_DEPTH;
 #pragma unroll
-	for (int i = CP_DEPTH - 1; i >= 0; i--) {
-		if (found < 0 && i < (int)d && st->ids[i] == id + 1)
+	for (int k = 0; k < CP_DEPTH; k++) {  /* the top frame, usually */
+		int i = (int)d - 1 - k;
+
+		if (i < 0)
+			break;
+		if (st->ids[slot_of(i)] == id + 1) {
 			found = i;
+			break;
+		}
 	}
 	if (found < 0) {  /* its entry was not seen (probe attached mid-call, or dropped) */
 #if CALLPATH_AGGREGATE
@@ -378,15 +391,22 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 		return d ? (st->keep >> ((d - 1) & 31)) & 1 : 1;
 #endif
 	}
+	/* frames above the matched one lost their return: dropped, uncounted */
+#pragma unroll
+	for (int k = 1; k < CP_DEPTH; k++) {
+		if (found + k >= (int)d)
+			break;
+		st->ids[slot_of(found + k)] = 0;
+	}
 	keep = (st->keep >> (found & 31)) & 1;
 #if CALLPATH_AGGREGATE
 	if (keep) {
-		struct orderkey ok = {};
+		struct orderkey ok;
 		u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];
 		u64 seq = st->seq[slot_of(found)];
 		u32 b = ns ? bpf_log2l(ns) : 0;
 
-		path_of((struct pathkey *)&ok, st, found);
+		path_of((struct pathkey *)&ok, st);
 		count_path((struct pathkey *)&ok, ns);
 		if (b >= CP_BUCKETS)
 			b = CP_BUCKETS - 1;
@@ -397,18 +417,13 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 			ok.seq = seq;
 			n = orders.lookup_or_try_init(&ok, &zero);
 			if (n)
-				__sync_fetch_and_add(n, 1);
+				*n += 1;
 			else
 				count_err(2);
 		}
 	}
 #endif
-	/* frames above the matched one lost their return: dropped, uncounted */
-#pragma unroll
-	for (int j = 0; j < CP_DEPTH; j++) {
-		if (j >= found)
-			st->ids[j] = 0;
-	}
+	st->ids[slot_of(found)] = 0;
 	st->depth = found;
 	return keep;
 }

@@ -24,7 +24,7 @@ struct callpath_event {
 	__u32 func_id;    /* slot of the probed function in the probe plan */
 	__s32 ifindex;    /* skb->dev->ifindex, or the net_device argument's ifindex; 0 unknown */
 	__u32 netns;      /* inode of the device's netns (skb->dev->nd_net), 0 unknown */
-	char  comm[CALLPATH_COMM_LEN];
+	char  comm[CALLPATH_COMM_LEN];  /* task comm, entry events only (empty on returns) */
 	__u8  kind;       /* CALLPATH_EVENT_ENTRY or CALLPATH_EVENT_RETURN */
 	__u8  pad[7];
 };

@@ -3,7 +3,7 @@
 The kernel side keeps, per thread, a stack of the probed frames open now
 (at most ``CP_DEPTH`` = 16) and counts, when a frame closes with its own return:
 
-* ``paths``: key = the func ids (+1, 0 = none) of the stack, root first, the
+* ``paths`` (per-CPU hash: plain adds, summed here): key = the func ids (+1, 0 = none) of the stack, root first, the
   closing frame last; value = calls and summed duration (ns). An inline site
   (entry-only kprobe) is counted at its entry as a leaf, duration 0;
 * ``orders``: key = the same path plus the frame's first 4 distinct probed
@@ -33,6 +33,14 @@ def _children(seq: int) -> list[int]:
     return [((seq >> (16 * s)) & 0xFFFF) - 1 for s in range(4) if (seq >> (16 * s)) & 0xFFFF]
 
 
+def _per_cpu_sum(v, *fields):
+    """A per-CPU map value (bcc: an array, one element per CPU) summed over CPUs; a plain value as is."""
+    items = list(v) if hasattr(v, "__len__") and not isinstance(v, ctypes.Structure) else [v]
+    if not fields:
+        return sum(int(getattr(x, "value", x)) for x in items)
+    return tuple(sum(int(getattr(x, f)) for x in items) for f in fields)
+
+
 def read_aggregate(bpf, func_ids) -> dict:
     """The counting maps as plain data, func ids = plan slots.
 
@@ -45,9 +53,11 @@ def read_aggregate(bpf, func_ids) -> dict:
         "hist": [{"func_id", "bucket", "count"}], "max_depth", "depth_overflow",
         "unmatched_returns", "map_full", "stale_frames"}``; ``sum_ns`` in ns; lists sorted for stable output.
     """
-    paths = [{"ids": _ids(k.ids), "calls": int(v.calls), "sum_ns": int(v.sum_ns)}
-             for k, v in bpf["paths"].items()]
-    order = [{"parent": _ids(k.ids), "children": _children(int(k.seq)), "calls": int(v.value)}
+    paths = []
+    for k, v in bpf["paths"].items():
+        calls, sum_ns = _per_cpu_sum(v, "calls", "sum_ns")
+        paths.append({"ids": _ids(k.ids), "calls": calls, "sum_ns": sum_ns})
+    order = [{"parent": _ids(k.ids), "children": _children(int(k.seq)), "calls": _per_cpu_sum(v)}
              for k, v in bpf["orders"].items()]
     hist_map = bpf["hist"]
     hist = []

@@ -131,16 +131,18 @@ def aggregate_meta(agg: dict, names: dict[int, str]) -> dict:
 
     ``agg`` has ``paths`` (``ids``, ``calls``, ``sum_ns``), ``order`` (``parent`` ids,
     ``children`` ids, ``calls``), ``hist`` (``func_id``, ``bucket``, ``count``) and the
-    counters ``max_depth``, ``depth_overflow``, ``unmatched_returns``, ``threads_evicted``;
-    the result has the same shape with ``path``/``parent``/``children`` as name lists
+    counters ``max_depth``, ``depth_overflow``, ``unmatched_returns``, ``map_full``, ``stale_frames``
+    (:mod:`probes.aggread`); the result has the same shape with ``path``/``parent``/``children`` as name lists
+    (``ids`` kept beside ``path``)
     and ``function`` for ``func_id`` (unknown ids become ``#ID``). Durations in ns.
     """
     def name(i) -> str:
         return names.get(int(i), f"#{int(i)}")
 
     out = {k: v for k, v in agg.items() if k not in ("paths", "order", "hist")}
-    out["paths"] = [{"path": [name(i) for i in p["ids"]], "calls": int(p["calls"]), "sum_ns": int(p["sum_ns"])}
-                    for p in agg.get("paths", [])]
+    # ids (plan slots) stay beside the names: two inline sites of one function have one name, two slots
+    out["paths"] = [{"path": [name(i) for i in p["ids"]], "ids": [int(i) for i in p["ids"]],
+                     "calls": int(p["calls"]), "sum_ns": int(p["sum_ns"])} for p in agg.get("paths", [])]
     out["order"] = [{"parent": [name(i) for i in o["parent"]], "children": [name(i) for i in o["children"]],
                      "calls": int(o["calls"])} for o in agg.get("order", [])]
     out["hist"] = [{"function": name(h["func_id"]), "bucket": int(h["bucket"]), "count": int(h["count"])}

@@ -2,15 +2,20 @@
 
 The :class:`probes.loader.Recorder` hands its ``sink`` numpy batches
 (``probes.event.EVENT_DTYPE``, 72-byte records) from its poll thread.
-:class:`TraceStream` is such a sink: it numbers the events in arrival order
-(``seq``), buffers at most ``batch_rows`` of them, and hands each full buffer
-to a writer thread through a queue of at most ``queue_batches`` buffers; the
-writer thread turns a buffer into one Parquet row group (function name and
-mechanism from the plan, ``comm`` decoded) and appends it with
-``pyarrow.parquet.ParquetWriter`` (zstd). So memory holds at most
-``(queue_batches + 2) * batch_rows`` events however long the run is; when the
-disk is slower than the probes, the queue fills and the sink waits, the ring
-buffer fills, and the kernel counts lost events (never silent).
+:class:`TraceStream` is such a sink, in two stages:
+
+1. the sink appends the raw records to a **spool** of segment files beside the
+   trace (64 MiB each): a copy into the page cache, the least work the poll
+   thread can do per event, so draining keeps up and the workload keeps the CPU;
+2. a converter thread, at the lowest CPU priority (nice 19: it yields to the
+   traffic being recorded), reads each full segment back ``batch_rows`` events
+   at a time, numbers them (``seq``), names function and mechanism from the
+   plan, and appends one zstd row group per batch with
+   ``pyarrow.parquet.ParquetWriter``; a converted segment is deleted.
+
+Memory holds at most ``batch_rows`` events in the converter however long the
+run is; what the converter has not caught up with waits on disk (72 bytes per
+event; it catches up at full priority when the recording ends).
 
 At the end (:meth:`TraceStream.close`) the evidence recorded without BPF (boot
 function_graph, module-init kprobe events: small lists of tuples) is appended,
@@ -35,8 +40,11 @@ from .event import EVENT_DTYPE
 
 #: Events per row group (and per hand-off to the writer thread): 128 Ki events = 9 MiB of records.
 BATCH_ROWS = 1 << 17
-#: Full buffers that may wait for the writer thread before the sink blocks.
+#: Full buffers that may wait for the writer thread before the sink blocks (kept for callers; the spool
+#: on disk replaced the in-memory queue).
 QUEUE_BATCHES = 2
+#: Bytes per spool segment (raw 72-byte records) before it is handed to the converter.
+SEGMENT_BYTES = 64 << 20
 #: Columns with Parquet statistics (min/max); the others skip them to keep the footer small.
 STAT_COLUMNS = ["seq", "ts_ns", "func_id"]
 
@@ -84,14 +92,15 @@ class TraceStream:
         names: func_id -> function name (``plan.slot_names()``); unknown ids get ``#ID``.
         mechanism: func_id -> mechanism (a key of ``analysis.trace.MECHANISMS``), or a plan
             (its FunctionPlan ``probe`` fields and inline-site slots are used); default ``kprobe``.
-        batch_rows: events per row group and per hand-off (>= 1).
-        queue_batches: full buffers waiting for the writer thread before the sink blocks (>= 1).
+        batch_rows: events per row group, and the most the converter holds in memory (>= 1).
+        queue_batches: kept for callers (>= 1); the spool on disk took the place of the queue.
 
     Attributes:
         events: events received so far (int).
         written: events written as row groups so far.
-        peak_buffered: most events ever held in the sink's buffer (<= ``batch_rows``).
+        peak_buffered: most events the converter ever held at once (<= ``batch_rows``).
         row_groups: row groups written.
+        segment_bytes: spool segment size in bytes (64 MiB).
 
     Raises:
         StreamError: the file cannot be created (from the constructor), or a
@@ -103,7 +112,7 @@ class TraceStream:
         import pyarrow as pa  # noqa: PLC0415 - imported before the probes attach, not in the poll thread
         import pyarrow.parquet as pq  # noqa: PLC0415
 
-        from ..analysis.trace import SCHEMA  # noqa: PLC0415
+        from ..analysis.trace import READ_SCHEMA, STRING_COLUMNS  # noqa: PLC0415
 
         if batch_rows < 1 or queue_batches < 1:
             raise ValueError("batch_rows and queue_batches must be >= 1")
@@ -116,9 +125,11 @@ class TraceStream:
         else:
             self._mech = _mechanism_table(mechanism)
         self.batch_rows = batch_rows
-        self._pa, self._schema = pa, SCHEMA
+        # string columns are written dictionary-encoded, as they are read (READ_SCHEMA): no
+        # per-row strings are made; Parquet stores them as UTF-8 either way
+        self._pa, self._schema, self._strings = pa, READ_SCHEMA, STRING_COLUMNS
         try:
-            self._writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd", store_schema=False,
+            self._writer = pq.ParquetWriter(self.path, READ_SCHEMA, compression="zstd", store_schema=False,
                                             write_statistics=STAT_COLUMNS)
         except (OSError, pa.ArrowException) as err:
             raise StreamError(f"{self.path}: cannot write the trace: {err}") from None
@@ -126,10 +137,11 @@ class TraceStream:
         self.written = 0
         self.peak_buffered = 0
         self.row_groups = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_n = 0
-        self._queued = 0  # events handed to the writer: the next seq
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_batches)
+        self.segment_bytes = SEGMENT_BYTES
+        self._seg_n = 0
+        self._seg = None  # (path, file) being appended to
+        self._queued = 0  # events in segments handed to the converter: the next seq
+        self._queue: queue.Queue = queue.Queue()  # segment paths (tiny); the data waits on disk
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="callpath-trace-writer", daemon=True)
@@ -137,52 +149,75 @@ class TraceStream:
 
     # -- the sink (poll thread) ------------------------------------------
     def __call__(self, batch: np.ndarray) -> None:
-        """Take one batch of events (EVENT_DTYPE records, arrival order); cheap unless a buffer fills."""
+        """Take one batch of events (EVENT_DTYPE records, arrival order): appended to the spool."""
         if self._error is not None:
             raise StreamError(f"{self.path}: writing the trace failed: {self._error}")
         batch = np.asarray(batch)
         if batch.dtype != EVENT_DTYPE:
             batch = batch.view(EVENT_DTYPE) if batch.dtype.itemsize == EVENT_DTYPE.itemsize else batch.astype(EVENT_DTYPE)
-        i, n = 0, len(batch)
-        while i < n:
-            piece = batch[i:i + self.batch_rows - self._pending_n].copy()  # the caller may reuse its buffer
-            self._pending.append(piece)
-            self._pending_n += len(piece)
-            i += len(piece)
-            self.peak_buffered = max(self.peak_buffered, self._pending_n)
-            if self._pending_n >= self.batch_rows:
+        if not len(batch):
+            return
+        try:
+            if self._seg is None:
+                seg = self.path.with_name(f".{self.path.name}.spool-{self._seg_n}")
+                self._seg_n += 1
+                self._seg = (seg, open(seg, "wb"))  # noqa: SIM115 - closed on rotation
+            self._seg[1].write(batch.tobytes())
+            self.events += len(batch)
+            if self._seg[1].tell() >= self.segment_bytes:
                 self._hand_off()
-        self.events += n
+        except OSError as err:
+            self._error = err
+            raise StreamError(f"{self.path}: writing the spool failed: {err}") from None
 
     def _hand_off(self) -> None:
-        if not self._pending_n:
+        """Close the segment being appended to and queue it for the converter."""
+        if self._seg is None:
             return
-        chunk = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        start = self._queued
-        self._pending, self._pending_n = [], 0
-        while True:  # blocks while the writer is behind; never forever if it died
-            if self._error is not None:
-                raise StreamError(f"{self.path}: writing the trace failed: {self._error}")
-            try:
-                self._queue.put((start, chunk), timeout=0.5)
-                break
-            except queue.Full:
-                continue
-        self._queued += len(chunk)
+        seg, fh = self._seg
+        self._seg = None
+        n = fh.tell() // EVENT_DTYPE.itemsize
+        fh.close()
+        self._queue.put((self._queued, seg))
+        self._queued += n
 
-    # -- writer thread ----------------------------------------------------
+    # -- converter thread ---------------------------------------------------
+    def _priority(self, nice: int) -> None:
+        """Set the converter thread's nice value (Linux: per thread), best effort."""
+        import os  # noqa: PLC0415
+
+        tid = getattr(self, "_tid", None)
+        if tid:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except OSError:
+                pass
+
     def _run(self) -> None:
+        self._tid = threading.get_native_id()
+        self._priority(19)
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is not None:
-                continue  # drain so the sink never blocks; the error is raised there
-            start, chunk = item
+            start, seg = item
             try:
-                self._write(self.table_of(chunk, start))
+                if self._error is None:
+                    self._convert(seg, start)
             except BaseException as err:  # noqa: BLE001 - surfaced in the sink and close()
                 self._error = err
+            finally:
+                seg.unlink(missing_ok=True)
+
+    def _convert(self, seg: Path, start: int) -> None:
+        with open(seg, "rb") as fh:
+            while True:
+                chunk = np.fromfile(fh, dtype=EVENT_DTYPE, count=self.batch_rows)
+                if not len(chunk):
+                    return
+                self.peak_buffered = max(self.peak_buffered, len(chunk))
+                self._write(self.table_of(chunk, start))
+                start += len(chunk)
 
     def _write(self, table) -> None:
         self._writer.write_table(table, row_group_size=max(len(table), 1))
@@ -197,14 +232,19 @@ class TraceStream:
         uniq, inv = np.unique(fids, return_inverse=True)
         inv = inv.astype(np.int32)
         function = pa.DictionaryArray.from_arrays(
-            inv, pa.array([self.names.get(int(f), f"#{int(f)}") for f in uniq], pa.string())).cast(pa.string())
+            inv, pa.array([self.names.get(int(f), f"#{int(f)}") for f in uniq], pa.string()))
         mechanism = pa.DictionaryArray.from_arrays(
-            inv, pa.array([self._mech(int(f)) for f in uniq], pa.string())).cast(pa.string())
-        cuniq, cinv = np.unique(chunk["comm"], return_inverse=True)
+            inv, pa.array([self._mech(int(f)) for f in uniq], pa.string()))
+        # comm: the 16 bytes as two u64 mixed into one key (a u64 sort, not a string sort);
+        # few distinct values per batch, each decoded once
+        raw = np.ascontiguousarray(chunk["comm"]).view("<u8").reshape(n, 2)
+        key = raw[:, 0] * np.uint64(0x9E3779B97F4A7C15) ^ raw[:, 1]
+        _uk, first, cinv = np.unique(key, return_index=True, return_inverse=True)
         comm = pa.DictionaryArray.from_arrays(
-            cinv.astype(np.int32),
-            pa.array([c.split(b"\0", 1)[0].decode("utf-8", "replace") for c in cuniq.tolist()], pa.string()),
-        ).cast(pa.string())
+            cinv.astype(np.int32).ravel(),
+            pa.array([c.split(b"\0", 1)[0].decode("utf-8", "replace") for c in chunk["comm"][first].tolist()],
+                     pa.string()),
+        )
         cols = {
             "seq": pa.array(np.arange(start, start + n, dtype=np.int64)),
             "ts_ns": pa.array(chunk["ts_ns"]), "kind": pa.array(chunk["kind"]), "func_id": pa.array(fids),
@@ -213,7 +253,8 @@ class TraceStream:
             "netns": pa.array(chunk["netns"]), "retval": pa.array(chunk["retval"]), "comm": comm,
             "mechanism": mechanism,
         }
-        return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in self._schema], schema=self._schema)
+        return pa.Table.from_arrays([cols[f.name] if f.name in self._strings else cols[f.name].cast(f.type)
+                                     for f in self._schema], schema=self._schema)
 
     def _rows_table(self, rows: list[tuple], mechanism: str, start: int):
         """Arrow table of decoded rows (``probes.event.TRACE_COLUMNS`` order, optional 13th field: name)."""
@@ -225,7 +266,9 @@ class TraceStream:
                         for c in cols["comm"]]
         cols["function"] = [r[12] if len(r) > 12 else self.names.get(int(r[3]), f"#{r[3]}") for r in rows]
         cols["mechanism"] = [mechanism] * len(rows)
-        return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in self._schema], schema=self._schema)
+        return pa.Table.from_arrays([pa.array(cols[f.name], pa.string()).dictionary_encode()
+                                     if f.name in self._strings else pa.array(cols[f.name], f.type)
+                                     for f in self._schema], schema=self._schema)
 
     # -- end --------------------------------------------------------------
     def close(self, meta: dict, once: Iterable[tuple[list[tuple], str]] = ()) -> Path:
@@ -242,6 +285,7 @@ class TraceStream:
         try:
             self._hand_off()
         finally:
+            self._priority(0)  # the recording is over: catch up at full priority
             self._queue.put(None)
             self._thread.join()
         try:
@@ -267,6 +311,10 @@ class TraceStream:
             return
         self._closed = True
         self._error = self._error or RuntimeError("aborted")
+        if self._seg is not None:
+            self._seg[1].close()
+            self._seg[0].unlink(missing_ok=True)
+            self._seg = None
         self._queue.put(None)
         self._thread.join(timeout=10)
         try:

@@ -95,7 +95,7 @@ def aggregate_events(events: pd.DataFrame, max_depth: int = 16) -> tuple[dict, p
         "paths": [{"path": named(k), "calls": v[0], "sum_ns": v[1]} for k, v in paths.items()],
         "order": [{"parent": named(k), "children": named(s), "calls": v} for (k, s), v in orders.items()],
         "hist": [{"function": names[f], "bucket": b, "count": v} for (f, b), v in hist.items()],
-        "max_depth": max_depth, "depth_overflow": overflow, "unmatched_returns": unmatched, "threads_evicted": 0,
+        "max_depth": max_depth, "depth_overflow": overflow, "unmatched_returns": unmatched, "map_full": 0, "stale_frames": 0,
     }
     return agg, events[~bpf]
 

@@ -168,7 +168,8 @@ def test_read_aggregate_decodes_ids_children_and_buckets():
     ok = OKey()
     ok.ids[0] = 4
     ok.seq = 8 | (10 << 16)  # children 7 then 9
-    bpf = {"paths": _Arr([(k, Val(12, 3400))]), "orders": _Arr([(ok, ctypes.c_uint64(5))]),
+    # per-CPU hashes: one value per CPU, summed
+    bpf = {"paths": _Arr([(k, (Val(10, 3000), Val(2, 400)))]), "orders": _Arr([(ok, [ctypes.c_uint64(4), ctypes.c_uint64(1)])]),
            "hist": _Arr(percpu={7 * 64 + 10: [2, 1]}), "agg_err": _Arr(percpu={1: [0, 3]})}
     agg = read_aggregate(bpf, [3, 7])
     assert agg["paths"] == [{"ids": [3, 7], "calls": 12, "sum_ns": 3400}]

@@ -71,12 +71,15 @@ def test_many_batches_one_readable_trace(tmp_path):
     assert max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 1000
 
 
-def test_writer_thread_queue_bounds_memory(tmp_path, monkeypatch):
-    """A slow writer: the sink waits instead of buffering more than (queue + 1) batches."""
+def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path, monkeypatch):
+    """A slow converter: the sink keeps appending to the spool on disk (never waits, so the
+    ring buffer keeps draining); the converter holds at most batch_rows events; converted
+    segments are deleted; the trace has every event in order."""
     import threading
     import time
 
-    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, queue_batches=1)
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100)
+    s.segment_bytes = 150 * EVENT_DTYPE.itemsize  # a new segment every ~2 batches
     gate = threading.Event()
     real = s._write
 
@@ -85,25 +88,23 @@ def test_writer_thread_queue_bounds_memory(tmp_path, monkeypatch):
         real(table)
 
     monkeypatch.setattr(s, "_write", slow)
-    done = threading.Event()
-
-    def feed():
-        for _ in range(5):
-            s(_batch(100))
-        done.set()
-
-    threading.Thread(target=feed, daemon=True).start()
-    time.sleep(0.5)
-    assert not done.is_set()  # blocked: one batch in the writer, one queued, one waiting to be queued
-    assert s._queue.qsize() <= 1 and s.peak_buffered <= 100
+    t0 = time.monotonic()
+    for i in range(5):
+        s(_batch(100, start_ts=i * 1000))
+    assert time.monotonic() - t0 < 1  # not blocked by the stalled converter
+    assert len(list(tmp_path.glob(".t.parquet.spool-*"))) >= 2  # waiting on disk, not in memory
     gate.set()
-    assert done.wait(5)
     s.close({"kernel": "k", "lost": 0})
-    assert len(read_trace(tmp_path / "t.parquet").events) == 500
+    assert s.peak_buffered <= 100
+    assert not list(tmp_path.glob(".t.parquet.spool-*"))
+    ev = read_trace(tmp_path / "t.parquet").events
+    assert len(ev) == 500 and list(ev["seq"]) == list(range(500))
+    assert (ev["ts_ns"].diff().dropna() >= 0).all()
 
 
 def test_write_failure_surfaces_in_sink_and_close(tmp_path, monkeypatch):
     s = TraceStream(tmp_path / "t.parquet", batch_rows=10)
+    s.segment_bytes = 1  # every batch is a segment of its own: converted at once
 
     def boom(_table):
         raise OSError(28, "No space left on device")
@@ -145,13 +146,14 @@ def test_aggregate_meta_maps_ids_to_names():
     agg = {"paths": [{"ids": [3, 7], "calls": 12, "sum_ns": 34567}, {"ids": [9], "calls": 1, "sum_ns": 5}],
            "order": [{"parent": [3], "children": [7, 9], "calls": 10}],
            "hist": [{"func_id": 7, "bucket": 5, "count": 9}],
-           "max_depth": 16, "depth_overflow": 1, "unmatched_returns": 2, "threads_evicted": 0}
+           "max_depth": 16, "depth_overflow": 1, "unmatched_returns": 2, "map_full": 0, "stale_frames": 0}
     out = rec_mod.aggregate_meta(agg, {3: "macvlan_start_xmit", 7: "dev_forward_skb"})
-    assert out == {"paths": [{"path": ["macvlan_start_xmit", "dev_forward_skb"], "calls": 12, "sum_ns": 34567},
-                             {"path": ["#9"], "calls": 1, "sum_ns": 5}],
+    assert out == {"paths": [{"path": ["macvlan_start_xmit", "dev_forward_skb"], "ids": [3, 7], "calls": 12,
+                              "sum_ns": 34567},
+                             {"path": ["#9"], "ids": [9], "calls": 1, "sum_ns": 5}],
                    "order": [{"parent": ["macvlan_start_xmit"], "children": ["dev_forward_skb", "#9"], "calls": 10}],
                    "hist": [{"function": "dev_forward_skb", "bucket": 5, "count": 9}],
-                   "max_depth": 16, "depth_overflow": 1, "unmatched_returns": 2, "threads_evicted": 0}
+                   "max_depth": 16, "depth_overflow": 1, "unmatched_returns": 2, "map_full": 0, "stale_frames": 0}
 
 
 class FakeRecorder:
@@ -177,7 +179,7 @@ class FakeRecorder:
         self.lost, self.lost_per_cpu = 5, [0, 5]
         self.aggregate = {"paths": [{"ids": [1, 2], "calls": 3, "sum_ns": 30}], "order": [], "hist": [],
                           "max_depth": 16, "depth_overflow": 0, "unmatched_returns": 0,
-                          "threads_evicted": 0} if self.aggregate_mode else None
+                          "map_full": 0, "stale_frames": 0} if self.aggregate_mode else None
         return False
 
 
@@ -198,7 +200,7 @@ def test_probe_and_stream_fills_meta(tmp_path, aggregate):
     assert "fentry/fexit: 1" in t.meta["mechanism"] and "kprobe/kretprobe: 1" in t.meta["mechanism"]
     if aggregate:
         assert len(t.events) == 0
-        assert t.meta["aggregate"]["paths"] == [{"path": ["a", "b"], "calls": 3, "sum_ns": 30}]
+        assert t.meta["aggregate"]["paths"] == [{"path": ["a", "b"], "ids": [1, 2], "calls": 3, "sum_ns": 30}]
     else:
         assert len(t.events) == 1200 and "aggregate" not in t.meta
     assert rec_mod.lost_line(5, [0, 5]) == "5 lost (CPU 1: 5)"
