@@ -155,3 +155,18 @@ def test_lint_in_lab_kernel(lab_lint):
         if q["status"] == "inlined":
             assert any(x.startswith("macvlan_start_xmit+33 ") for x in q["inlined_into"])
         assert status["__netif_receive_skb_core"]["status"] == "clone"
+
+
+def test_fentry_where_the_kernel_allows_and_a_reason_elsewhere(lab_report):
+    """Issue 12: `verify` on 6.1 takes fentry/fexit per function where BTF and the verifier
+    allow it (module functions included), kprobes elsewhere with the reason, and the report
+    shows the probe per function."""
+    _kernel, out, report = lab_report
+    plan = json.loads((out / "trace.meta.json").read_text())["plan"]["functions"]
+    probed = {n: f for n, f in plan.items() if f.get("probe") and not f.get("inline_sites")}
+    fentry = {n for n, f in probed.items() if f["probe"] == "fentry"}
+    assert len(fentry) >= len(probed) // 2, {n: (f["probe"], f["probe_reason"]) for n, f in probed.items()}
+    assert any(plan[n].get("module") not in (None, "vmlinux") for n in fentry), "no module function took fentry"
+    assert all(f["probe_reason"] for n, f in probed.items() if f["probe"] == "kprobe")
+    assert {report["probes"][n] for n in fentry} == {"fentry"}
+    assert "fentry" in (out / "report.md").read_text()
