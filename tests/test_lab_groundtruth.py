@@ -118,7 +118,7 @@ def lab_run(tmp_path_factory):
     (stage / "lab.log").write_text("\n".join(lines))
     assert rc == 0, "\n".join(lines[-30:])
     spec = read_spec(DOC)
-    reports = {k: build_report(read_trace(stage / f"{k}.parquet"), [spec], stage / k) for k in "abcd"}
+    reports = {k: build_report(read_trace(stage / f"{k}.parquet"), [spec], stage / k) for k in "abcde"}
     return spec, (stage / "graph.txt").read_text(errors="replace"), reports, stage
 
 
@@ -167,9 +167,12 @@ def test_fentry_kprobe_and_counting_give_the_same_verdicts(lab_run):
     meta_a = json.loads((stage / "a.meta.json").read_text())
     meta_c = json.loads((stage / "c.meta.json").read_text())
     meta_d = json.loads((stage / "d.meta.json").read_text())
-    probes_a = {n: f.get("probe") for n, f in meta_a["plan"]["functions"].items() if f.get("func_id") is not None}
-    assert "fentry" in probes_a.values(), probes_a
-    assert probes_a.get("br_handle_frame") == "fentry", probes_a  # a module function (bridge.ko)
+    plan_a = {n: f for n, f in meta_a["plan"]["functions"].items() if f.get("func_id") is not None}
+    probes_a = {n: (f.get("probe"), f.get("probe_reason")) for n, f in plan_a.items()}
+    # module functions (bridge.ko) take fentry; a fallback says why (on 6.1 the verifier refuses
+    # reading br_handle_frame's struct sk_buff ** argument, an rx_handler's)
+    assert any(f.get("probe") == "fentry" and f.get("module") == "bridge" for f in plan_a.values()), probes_a
+    assert all(reason for probe, reason in probes_a.values() if probe == "kprobe"), probes_a
     assert all(f.get("probe") in (None, "kprobe", "inline-site") for f in meta_c["plan"]["functions"].values())
     assert meta_d.get("mode") == "aggregate" and meta_d["aggregate"]["paths"], meta_d.get("mode")
 
