@@ -333,7 +333,7 @@ def main(argv=None) -> int:
         return 0
     from callpath.analysis.readers import expand_spec_args
     from callpath.probes.labvm import choose_kernel, run_in_lab
-    from callpath.probes.session import _index_handover, _stage_specs, _write_job
+    from callpath.probes.session import _stage_specs, _write_job
 
     say = lambda m: print(m, flush=True)  # noqa: E731
     lab = choose_kernel(args.kernel)
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
                  "--variants", ",".join(args.variants), "--json", str(out)]
         for staged in _stage_specs(expand_spec_args(args.spec), stage):
             inner += ["--spec", str(staged)]
-        lines = [*_index_handover(lab.release, stage, say), "exec " + shlex.join(inner)]
+        lines = ["exec " + shlex.join(inner)]  # run_in_lab hands the guest the module index
         rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=say, append=args.append or None)
         if not out.exists():
             print(f"bench_overhead: the lab VM run failed (exit status {rc})", file=sys.stderr)

@@ -212,15 +212,6 @@ def _write_job(stage: Path, lines: list[str]) -> list[str]:
     return ["/bin/sh", str(job)]
 
 
-def _index_handover(release: str, stage: Path, progress) -> list[str]:
-    """Shell lines that hand the host's module index of ``release`` to the guest (none
-    when the release has no module tree): built once on the host, never under TCG."""
-    from .modindex import index_or_none, write_for_guest
-
-    idx = index_or_none(release, progress)
-    return [write_for_guest(idx, stage / "modindex.json")] if idx is not None else []
-
-
 def _callpath_argv(*args: str) -> list[str]:
     return [sys.executable, "-u", "-m", "callpath", *args]
 
@@ -274,7 +265,7 @@ def verify_in_lab(lab, spec_paths: list[Path], out_dir: Path, traffic: Traffic, 
         from .inline import prepare_for_lab  # noqa: PLC0415
 
         handover = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
-        lines = _index_handover(lab.release, stage, progress) + ([handover] if handover else [])
+        lines = [handover] if handover else []  # the module index: run_in_lab hands it over
         if append:
             graph = stage / "boot-graph.txt"
             record += ["--boot-graph", str(graph)]
@@ -379,8 +370,7 @@ def lint_in_lab(lab, spec_paths: list[Path], progress, timeout_s: float = 1500, 
 
             handover = prepare_for_lab(specs, lab.release, stage, debuginfo or [], progress)
         argv = _callpath_argv("lint", "--host", "--in-lab-guest", "--json", "--output", str(out), *map(str, copies))
-        lines = [*_index_handover(lab.release, stage, progress), *([handover] if handover else []),
-                 "exec " + shlex.join(argv)]
+        lines = [*([handover] if handover else []), "exec " + shlex.join(argv)]
         rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=progress,
                         timeout_s=timeout_s)
         if not out.exists():

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+from lab_headers import run_with_lab_headers
 
 from callpath.bpf import EVENT_HEADER
 from callpath.probes.event import CallpathEvent
@@ -60,7 +61,6 @@ def test_program_compiles_against_each_lab_kernels_headers(release, tmp_path):
     machine, in a second (a lab VM run takes minutes). bcc reads /lib/modules/$(uname -r)/build:
     a private mount namespace shows it the lab kernel's headers there instead."""
     import os
-    import sys
 
     if release == "none":
         pytest.skip("no lab kernel with headers installed")
@@ -69,16 +69,8 @@ def test_program_compiles_against_each_lab_kernels_headers(release, tmp_path):
     pytest.importorskip("bcc")
     if not os.access("/sys/kernel/btf/vmlinux", os.R_OK):
         pytest.skip("the running kernel has no BTF")
-    fake = tmp_path / "modules" / os.uname().release
-    fake.mkdir(parents=True)
-    for link in ("build", "source"):
-        target = os.path.realpath(f"/lib/modules/{release}/{link}")
-        if os.path.exists(target):
-            (fake / link).symlink_to(target)
     script = tmp_path / "compile.py"
     script.write_text(_COMPILE)
-    res = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /lib/modules && exec "$2" "$3"', "sh",
-                          str(tmp_path / "modules"), sys.executable, str(script)],
-                         capture_output=True, text=True, timeout=300)
+    res = run_with_lab_headers(tmp_path, release, script)
     errors = [line for line in res.stderr.splitlines() if "error:" in line]
     assert res.returncode == 0 and "compiled and loaded" in res.stdout, (release, errors or res.stderr[-2000:])

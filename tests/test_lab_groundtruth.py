@@ -33,7 +33,7 @@ from callpath.analysis.ftrace_text import ENTRY, parse_function_graph
 from callpath.analysis.readers import read_spec
 from callpath.analysis.report import build_report
 from callpath.analysis.trace import read_trace
-from callpath.probes import labvm, modindex
+from callpath.probes import labvm
 
 pytestmark = pytest.mark.lab
 
@@ -85,15 +85,13 @@ def lab_run(tmp_path_factory):
         labvm.find_vng()
     except (IndexError, labvm.LabError) as err:
         pytest.skip(f"no lab VM here: {err}")
-    # the guest reads the host's module index cache; building it under TCG takes minutes
+    # run_in_lab hands the guest the host's module index (building it under TCG takes minutes)
     stage = tmp_path_factory.mktemp("groundtruth")
-    handover = modindex.write_for_guest(modindex.load_index(kernel.release), stage / "modindex.json")
     py = sys.executable
     traffic = [py, str(DOCS / "bridge_traffic.py"), "--packets", "50"]
     rec = [py, "-u", "-m", "callpath", "record", str(DOC)]
     job = [
         "set -e",
-        handover,
         "echo groundtruth: A start $(date +%s)",
         shlex.join([*rec, "--load-modules", "--out", str(stage / "a.parquet"), "--",
                     py, str(DOCS / "graph_around.py"), str(stage / "graph.txt"), "br_handle_frame", *traffic]),

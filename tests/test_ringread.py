@@ -8,10 +8,9 @@ every submitted record once, in order, and skip the discarded ones.
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
+from lab_headers import run_with_lab_headers
 
 PROGRAM = r"""
 #include "callpath_event.h"
@@ -88,15 +87,7 @@ def test_ring_reader_reads_every_submitted_record_once_in_order(tmp_path):
     releases = _lab_headers()
     if not releases:
         pytest.skip("no kernel headers for bcc (a lab kernel's headers are borrowed)")
-    fake = tmp_path / "modules" / os.uname().release
-    fake.mkdir(parents=True)
-    for link in ("build", "source"):
-        target = os.path.realpath(f"/lib/modules/{releases[0]}/{link}")
-        if os.path.exists(target):
-            (fake / link).symlink_to(target)
     (tmp_path / "prog.c").write_text(PROGRAM)
     (tmp_path / "run.py").write_text(SCRIPT)
-    res = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /lib/modules && exec "$2" "$3" "$4"', "sh",
-                          str(tmp_path / "modules"), sys.executable, str(tmp_path / "run.py"), str(tmp_path / "prog.c")],
-                         capture_output=True, text=True, timeout=300)
+    res = run_with_lab_headers(tmp_path, releases[0], tmp_path / "run.py", str(tmp_path / "prog.c"))
     assert res.returncode == 0 and "ring reader ok" in res.stdout, res.stdout[-1500:] + res.stderr[-3000:]
