@@ -12,6 +12,10 @@ received packets/s is kept):
              both per-event variants stream to Parquet like `record` (probes/stream.py)
   fentry     callpath per-event, --probes auto: fentry/fexit wherever the kernel allows,
              kprobe/kretprobe for the rest (the "mechanisms" field counts them)
+  fentry-after  as fentry, with `record --convert-after`: raw records wait on disk and become
+             Parquet after the run, so the run spends no CPU on Parquet
+  fentry-drain  as fentry, the sink only counts what the ring buffer gives: the cost of the
+             probes and the drain alone (no file)
   aggregate  callpath counting mode (aggregate=True): no events streamed
   bpftrace   bpftrace, kprobe+kretprobe on the plan's symbols, @[probe] = count()
   ftrace     function_graph on the plan's symbols, in a tracefs instance of its own
@@ -60,7 +64,7 @@ from callpath.probes import kernel, runstate  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "aggregate", "bpftrace", "ftrace", "none-after")
+VARIANTS = ("none", "kprobe", "fentry", "fentry-after", "fentry-drain", "aggregate", "bpftrace", "ftrace", "none-after")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -108,8 +112,11 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
     scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-")
     if variant == "aggregate":
         kwargs["aggregate"] = True
+    elif variant == "fentry-drain":
+        kwargs["sink"] = lambda batch: None  # Recorder counts the events it hands over
     else:
-        stream = TraceStream(Path(scratch.name) / "trace.parquet", plan.slot_names(), plan)
+        stream = TraceStream(Path(scratch.name) / "trace.parquet", plan.slot_names(), plan,
+                             convert_during=variant != "fentry-after")
         kwargs["sink"] = stream
     try:
         with Recorder(plan, progress=progress, **kwargs) as rec:
@@ -117,7 +124,9 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
             row = measure(socks, args)
         seconds = time.monotonic() - t0
         if stream is not None:
+            t1 = time.monotonic()
             stream.close({"bench": variant})
+            row["close_s"] = round(time.monotonic() - t1, 2)
     finally:
         scratch.cleanup()
     events = rec.events
@@ -319,6 +328,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the result as JSON to this file")
     ap.add_argument("--append", default=CLOCK_APPEND,
                     help=f"lab VM kernel command line additions (default {CLOCK_APPEND!r}; '' for none)")
+    ap.add_argument("--tcg-threads", choices=["multi", "single"], default="multi",
+                    help="QEMU TCG threading of the lab VM (default multi: a host thread per vCPU, as the README's "
+                    "table was measured; callpath's lab runs use single, see probes/labvm.py)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
@@ -346,7 +358,8 @@ def main(argv=None) -> int:
         for staged in _stage_specs(expand_spec_args(args.spec), stage):
             inner += ["--spec", str(staged)]
         lines = ["exec " + shlex.join(inner)]  # run_in_lab hands the guest the module index
-        rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=say, append=args.append or None)
+        rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=say, append=args.append or None,
+                        tcg_threads=args.tcg_threads)
         if not out.exists():
             print(f"bench_overhead: the lab VM run failed (exit status {rc})", file=sys.stderr)
             return 1

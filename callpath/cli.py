@@ -74,7 +74,8 @@ def _traffic(args):
 def _probing(args):
     from .probes.session import Probing
 
-    return Probing(probes=args.probes, aggregate=args.aggregate, netns=args.netns, dev=args.dev, pid=args.pid)
+    return Probing(probes=args.probes, aggregate=args.aggregate, netns=args.netns, dev=args.dev, pid=args.pid,
+                   convert_after=args.convert_after)
 
 
 def _display_path(path: Path) -> Path:

@@ -243,6 +243,7 @@ def record(
     probes: str = "auto",
     filters=None,
     aggregate: bool = False,
+    convert_after: bool = False,
 ) -> Path:
     """Probe the functions of ``specs`` while traffic flows; stream the trace to Parquet.
 
@@ -277,6 +278,9 @@ def record(
         filters: a :class:`probes.filters.Filters` applied in the kernel, or None.
         aggregate: count in BPF maps instead of streaming events (``meta["aggregate"]``;
             the event table then holds only the evidence recorded without BPF).
+        convert_after: keep the raw records on disk (72 bytes per event) and write
+            Parquet only after the run, so the run spends no CPU on it
+            (:class:`probes.stream.TraceStream` ``convert_during=False``).
 
     Returns:
         the Parquet path. Its metadata's ``lost`` (and ``lost_per_cpu``) count
@@ -305,7 +309,8 @@ def record(
                     plan = _plan(specs, out, meta, once, cleanup, boot_graph, load_modules, debuginfo, progress)
                     from .stream import TraceStream  # noqa: PLC0415 - pyarrow imported before the probes attach
 
-                    stream = TraceStream(stage / out.name, names=plan.slot_names(), mechanism=plan)
+                    stream = TraceStream(stage / out.name, names=plan.slot_names(), mechanism=plan,
+                                         convert_during=not convert_after)
                     probe_and_stream(
                         plan, stream, meta,
                         lambda: _run_traffic(workloads, packets, duration, until_interrupt, command, meta, progress),

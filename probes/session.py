@@ -90,6 +90,7 @@ class Probing:
         netns: ``--netns``: a name under /run/netns, a path, or an inode number.
         dev: ``--dev``: an interface name (in ``netns``, else in callpath's own netns).
         pid: ``--pid``: a process id (its thread group is kept).
+        convert_after: ``--convert-after``: Parquet is written after the run, not during it.
     """
 
     probes: str = "auto"
@@ -97,13 +98,15 @@ class Probing:
     netns: str | None = None
     dev: str | None = None
     pid: int | None = None
+    convert_after: bool = False
 
     def filtered(self) -> bool:
         return any(x is not None for x in (self.netns, self.dev, self.pid))
 
     def argv(self) -> list[str]:
         """The ``callpath record`` options for the lab guest (filters are refused there: :meth:`check_lab`)."""
-        return ["--probes", self.probes] + (["--aggregate"] if self.aggregate else [])
+        return (["--probes", self.probes] + (["--aggregate"] if self.aggregate else [])
+                + (["--convert-after"] if self.convert_after else []))
 
     def check_lab(self) -> None:
         """Raise :class:`SessionError` when filters are asked for a lab VM run."""
@@ -124,7 +127,7 @@ class Probing:
             from .filters import resolve_filters  # noqa: PLC0415
 
             filters = resolve_filters(netns=self.netns, dev=self.dev, pid=self.pid)
-        return dict(probes=self.probes, aggregate=self.aggregate, filters=filters)
+        return dict(probes=self.probes, aggregate=self.aggregate, filters=filters, convert_after=self.convert_after)
 
 
 def needs_root(host: bool) -> None:

@@ -94,6 +94,10 @@ class TraceStream:
             (its FunctionPlan ``probe`` fields and inline-site slots are used); default ``kprobe``.
         batch_rows: events per row group, and the most the converter holds in memory (>= 1).
         queue_batches: kept for callers (>= 1); the spool on disk took the place of the queue.
+        convert_during: True (default): spool segments are converted while the run goes
+            on, at nice 19. False: they wait on disk (72 bytes per event) and are all
+            converted in :meth:`close`, so the run itself spends no CPU on Parquet
+            (``record --convert-after``).
 
     Attributes:
         events: events received so far (int).
@@ -108,7 +112,7 @@ class TraceStream:
     """
 
     def __init__(self, path: str | Path, names: dict[int, str] | None = None, mechanism=None,
-                 batch_rows: int = BATCH_ROWS, queue_batches: int = QUEUE_BATCHES):
+                 batch_rows: int = BATCH_ROWS, queue_batches: int = QUEUE_BATCHES, convert_during: bool = True):
         import pyarrow as pa  # noqa: PLC0415 - imported before the probes attach, not in the poll thread
         import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -142,6 +146,7 @@ class TraceStream:
         self._seg = None  # (path, file) being appended to
         self._queued = 0  # events in segments handed to the converter: the next seq
         self._queue: queue.Queue = queue.Queue()  # segment paths (tiny); the data waits on disk
+        self._held: list[tuple[int, Path]] | None = None if convert_during else []  # segments kept for close()
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="callpath-trace-writer", daemon=True)
@@ -178,7 +183,10 @@ class TraceStream:
         self._seg = None
         n = fh.tell() // EVENT_DTYPE.itemsize
         fh.close()
-        self._queue.put((self._queued, seg))
+        if self._held is not None:
+            self._held.append((self._queued, seg))
+        else:
+            self._queue.put((self._queued, seg))
         self._queued += n
 
     # -- converter thread ---------------------------------------------------
@@ -286,6 +294,9 @@ class TraceStream:
             self._hand_off()
         finally:
             self._priority(0)  # the recording is over: catch up at full priority
+            for item in self._held or ():
+                self._queue.put(item)
+            self._held = None
             self._queue.put(None)
             self._thread.join()
         try:
@@ -315,6 +326,9 @@ class TraceStream:
             self._seg[1].close()
             self._seg[0].unlink(missing_ok=True)
             self._seg = None
+        for _start, seg in self._held or ():
+            seg.unlink(missing_ok=True)
+        self._held = None
         self._queue.put(None)
         self._thread.join(timeout=10)
         try:

@@ -112,7 +112,8 @@ def lab_run(tmp_path_factory):
     ]
     (stage / "job.sh").write_text("\n".join(job) + "\n")
     lines = []
-    rc = labvm.run_in_lab(kernel, ["/bin/sh", str(stage / "job.sh")], [stage], progress=lines.append, timeout_s=1500)
+    rc = labvm.run_in_lab(kernel, ["/bin/sh", str(stage / "job.sh")], [stage], progress=lines.append, timeout_s=1500,
+                           console_log=stage / "console.log")
     (stage / "lab.log").write_text("\n".join(lines))
     assert rc == 0, "\n".join(lines[-30:])
     spec = read_spec(DOC)

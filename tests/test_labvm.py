@@ -44,9 +44,16 @@ def test_vng_command(tmp_path, monkeypatch):
     monkeypatch.setattr(labvm, "find_vng", lambda: "/x/vng")
     k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
     cmd = labvm.vng_command(k, ["python", "-m", "callpath", "record", "--out", "/o/t.parquet"], [tmp_path])
-    assert cmd[:3] == ["/x/vng", "--run", str(tmp_path / "vmlinuz")]
+    assert cmd[:4] == ["/x/vng", "--qemu-opts=-accel tcg,thread=single", "--run", str(tmp_path / "vmlinuz")]
     assert "--disable-kvm" in cmd and cmd[cmd.index("--rwdir") + 1] == str(tmp_path)
     assert cmd[-2] == "--" and cmd[-1] == "python -m callpath record --out /o/t.parquet"
+    # the guest kernel's console joins the output at warning level, after any caller's options
+    cmd = labvm.vng_command(k, ["true"], [tmp_path], append="ftrace=function_graph", console=True)
+    assert cmd[:3] == ["/x/vng", "--verbose", "--qemu-opts=-accel tcg,thread=single"]
+    assert "--qemu-opts=-accel tcg,thread=multi" in labvm.vng_command(k, ["true"], [], tcg_threads="multi")
+    with pytest.raises(labvm.LabError, match="single or multi"):
+        labvm.vng_command(k, ["true"], [], tcg_threads="x;reboot")
+    assert cmd[cmd.index("--append") + 1] == "loglevel=5 ftrace=function_graph"
 
 
 def _fake_vng(monkeypatch, tmp_path, argv):
@@ -64,6 +71,64 @@ def test_lab_timeout_holds_while_the_guest_is_silent(tmp_path, monkeypatch):
     with pytest.raises(labvm.LabError, match="exceeded"):
         labvm.run_in_lab(k, ["true"], [tmp_path], timeout_s=1.5)
     assert time.monotonic() - t0 < 20
+
+
+LOCKUP = [
+    "[  407.257535] watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [python:310]",
+    "[  407.257927] Call Trace:",
+    "[  407.257927]  <TASK>",
+    "[  407.257927]  ? arch_unregister_cpu+0x20/0x20",
+    "[  407.257927]  on_each_cpu_cond_mask+0x20/0x40",
+    "[  407.257927]  text_poke_bp_batch+0xb7/0x300",
+]
+
+
+def _guest(tmp_path, lines, then="time.sleep(120)", later=None):
+    """A fake vng: counts its boots in tmp_path/boots, prints ``lines`` (``later`` from the
+    second boot on, when given), then runs ``then``."""
+    later = lines if later is None else later
+    return [sys.executable, "-c",
+            f"import time, pathlib; p = pathlib.Path({str(tmp_path / 'boots')!r}); "
+            f"p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1'); "
+            f"print({chr(10).join(lines)!r} if p.read_text() == '1' else {chr(10).join(later)!r}, flush=True); "
+            f"{then}"]
+
+
+def test_guest_kernel_lockup_is_reported_and_booted_again(tmp_path, monkeypatch):
+    """Measured on 6.1 under TCG: a soft lockup while ftrace patched text; the guest never finished."""
+    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, ["callpath: recording", *LOCKUP]))
+    monkeypatch.setattr(labvm, "FATAL_GRACE_S", 0.5)
+    k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(labvm.LabGuestError, match="soft lockup") as err:
+        labvm.run_in_lab(k, ["true"], [tmp_path], progress=seen.append, timeout_s=100,
+                         console_log=tmp_path / "console.log")
+    assert time.monotonic() - t0 < 30
+    assert (tmp_path / "boots").read_text() == "2"  # booted once more, then gave up
+    assert "on_each_cpu_cond_mask <- text_poke_bp_batch" in str(err.value)
+    # kernel lines stay out of the progress stream, apart from the one-line summary
+    assert not any("Call Trace" in m for m in seen)
+    assert sum("callpath: recording" in m for m in seen) == 2
+    assert any("booting again (boot 2 of 2)" in m for m in seen)
+    assert "text_poke_bp_batch+0xb7/0x300" in (tmp_path / "console.log").read_text()
+
+
+def test_guest_lockup_then_a_good_boot_returns_its_status(tmp_path, monkeypatch):
+    then = "import sys; sys.exit(7 if p.read_text() == '2' else time.sleep(120))"
+    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, LOCKUP, then=then, later=["callpath: done"]))
+    monkeypatch.setattr(labvm, "FATAL_GRACE_S", 0.5)
+    k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
+    assert labvm.run_in_lab(k, ["true"], [tmp_path], timeout_s=100) == 7
+
+
+def test_silent_guest_is_given_up(tmp_path, monkeypatch):
+    """Kernel lines (here a harmless warning) do not count as the command's output."""
+    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, ["[    1.000000] some warning"]))
+    k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
+    with pytest.raises(labvm.LabGuestError, match="printed nothing for 2 s"):
+        labvm.run_in_lab(k, ["true"], [tmp_path], timeout_s=100, silent_s=2, attempts=1)
+    assert (tmp_path / "boots").read_text() == "1"
 
 
 def test_vm_process_group_dies_with_callpath(tmp_path):

@@ -102,6 +102,30 @@ def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path, monkeypa
     assert (ev["ts_ns"].diff().dropna() >= 0).all()
 
 
+def test_convert_after_writes_nothing_until_close(tmp_path):
+    """--convert-after: segments wait on disk during the run; close converts them all, in order."""
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, convert_during=False)
+    s.segment_bytes = 1  # every batch is a segment of its own
+    for _ in range(5):
+        s(_batch(100))
+    import time
+
+    time.sleep(0.3)  # a converter working during the run would have written by now
+    assert s.written == 0 and len(list(tmp_path.glob(".t.parquet.spool-*"))) == 5
+    s.close({"kernel": "k", "lost": 0})
+    assert s.written == 500 and not list(tmp_path.glob(".t.parquet.spool-*"))
+    assert list(read_trace(tmp_path / "t.parquet").events["seq"]) == list(range(500))
+
+
+def test_convert_after_abort_removes_the_waiting_segments(tmp_path):
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, convert_during=False)
+    s.segment_bytes = 1
+    s(_batch(100))
+    s(_batch(100))
+    s.abort()
+    assert not list(tmp_path.glob(".t.parquet.spool-*"))
+
+
 def test_write_failure_surfaces_in_sink_and_close(tmp_path, monkeypatch):
     s = TraceStream(tmp_path / "t.parquet", batch_rows=10)
     s.segment_bytes = 1  # every batch is a segment of its own: converted at once
@@ -281,7 +305,8 @@ def test_probing_argv_for_the_lab_guest():
 
     assert Probing().argv() == ["--probes", "auto"]
     assert Probing(probes="kprobe", aggregate=True).argv() == ["--probes", "kprobe", "--aggregate"]
-    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None}
+    assert Probing(convert_after=True).argv() == ["--probes", "auto", "--convert-after"]
+    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None, "convert_after": False}
 
 
 def test_cli_parses_probe_flags():
