@@ -45,17 +45,30 @@ class GuestConsole:
     Attributes:
         lines: the last ``keep`` kernel lines, time stamps included.
         fatal: the first line matching :data:`FATAL`, or None.
+        preboot: the last lines printed before the kernel's first one.
+        booted: a kernel console line was seen.
     """
 
     def __init__(self, keep: int = 400):
         self.lines: deque[str] = deque(maxlen=keep)
         self.fatal: str | None = None
+        self.preboot: deque[str] = deque(maxlen=60)
+        self.booted = False
         self._after_fatal: list[str] = []
 
     def feed(self, line: str) -> bool:
-        """Take one output line of the VM; True when it is a kernel console line (kept here)."""
+        """Take one output line of the VM; True when it is kept here rather than being the command's.
+
+        Kept: kernel console lines, and everything before the kernel's first
+        line (vng/virtme-run's own chatter under ``--verbose``, the boot
+        loader's), in :attr:`preboot`: shown only when the VM fails to boot.
+        """
         if not KERNEL_LINE.match(line):
-            return False
+            if self.booted:
+                return False
+            self.preboot.append(line.rstrip("\n"))
+            return True
+        self.booted = True
         text = line.rstrip("\n")
         self.lines.append(text)
         if self.fatal is None and FATAL.search(text):

@@ -358,6 +358,9 @@ def _run(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress, time
             last_line = time.monotonic()
             progress(f"[lab {last_line - t0:5.0f}s] {line.rstrip()}")
         rc = proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+        if not console.booted:  # vng or QEMU failed before the kernel ran: what they said
+            for text in console.preboot:
+                progress(f"[lab] {text}")
         if console.fatal is not None:
             raise LabGuestError(f"{console.summary()}; vng exited {rc}", console)
         return rc

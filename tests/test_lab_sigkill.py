@@ -4,6 +4,7 @@ run it under `flock /tmp/callpath-lab.lock`."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def test_sigkill_mid_run_then_cleanup_leaves_nothing(tmp_path):
     watchdog = threading.Timer(300, proc.kill)  # a VM that never boots must not hang the test
     watchdog.start()
     try:
-        for line in proc.stderr:  # wait until Python runs in the guest: the VM has booted
-            if "[lab" in line and "callpath:" in line:
+        for line in proc.stderr:  # wait until callpath runs in the guest: the VM has booted
+            # (every progress line starts "callpath: "; the guest's own start "[lab  NNs] callpath:")
+            if re.search(r"\[lab\s+\d+s\] callpath:", line):
                 booted = True
                 break
             if time.monotonic() > deadline:

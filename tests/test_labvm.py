@@ -73,6 +73,7 @@ def test_lab_timeout_holds_while_the_guest_is_silent(tmp_path, monkeypatch):
     assert time.monotonic() - t0 < 20
 
 
+BOOT = "[    0.000000] Linux version 6.1.0-56-amd64"
 LOCKUP = [
     "[  407.257535] watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [python:310]",
     "[  407.257927] Call Trace:",
@@ -96,7 +97,7 @@ def _guest(tmp_path, lines, then="time.sleep(120)", later=None):
 
 def test_guest_kernel_lockup_is_reported_and_booted_again(tmp_path, monkeypatch):
     """Measured on 6.1 under TCG: a soft lockup while ftrace patched text; the guest never finished."""
-    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, ["callpath: recording", *LOCKUP]))
+    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, [BOOT, "callpath: recording", *LOCKUP]))
     monkeypatch.setattr(labvm, "FATAL_GRACE_S", 0.5)
     k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
     seen = []
@@ -116,10 +117,25 @@ def test_guest_kernel_lockup_is_reported_and_booted_again(tmp_path, monkeypatch)
 
 def test_guest_lockup_then_a_good_boot_returns_its_status(tmp_path, monkeypatch):
     then = "import sys; sys.exit(7 if p.read_text() == '2' else time.sleep(120))"
-    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, LOCKUP, then=then, later=["callpath: done"]))
+    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, LOCKUP, then=then, later=[BOOT, "callpath: done"]))
     monkeypatch.setattr(labvm, "FATAL_GRACE_S", 0.5)
     k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
     assert labvm.run_in_lab(k, ["true"], [tmp_path], timeout_s=100) == 7
+
+
+def test_vng_chatter_before_the_kernel_shown_only_when_the_boot_fails(tmp_path, monkeypatch):
+    """vng --verbose prints its own lines (``virtme: waiting for virtiofsd``) before the kernel's."""
+    _fake_vng(monkeypatch, tmp_path, _guest(tmp_path, ["virtme: waiting for virtiofsd to start", BOOT, "guest says"],
+                                            then="pass"))
+    k = labvm.LabKernel("6.1.0-56-amd64", tmp_path / "vmlinuz", True)
+    seen = []
+    assert labvm.run_in_lab(k, ["true"], [tmp_path], progress=seen.append, timeout_s=100) == 0
+    assert any(m.endswith("] guest says") for m in seen) and not any("virtiofsd" in m for m in seen)
+    monkeypatch.setattr(labvm, "vng_command", lambda *a, **kw: [sys.executable, "-c",
+                                                                "import sys; print('qemu: no such image'); sys.exit(1)"])
+    seen.clear()
+    assert labvm.run_in_lab(k, ["true"], [tmp_path], progress=seen.append, timeout_s=100) == 1
+    assert "[lab] qemu: no such image" in seen
 
 
 def test_silent_guest_is_given_up(tmp_path, monkeypatch):
@@ -137,7 +153,7 @@ def test_vm_process_group_dies_with_callpath(tmp_path):
         import sys
         from callpath.probes import labvm
         labvm.find_vng = lambda: sys.executable
-        labvm.vng_command = lambda *a, **k: ["sh", "-c", "sleep 300 & echo $!; wait"]
+        labvm.vng_command = lambda *a, **k: ["sh", "-c", "echo '[    0.000000] Linux'; sleep 300 & echo $!; wait"]
         k = labvm.LabKernel("x", "/nonexistent", True)
         labvm.run_in_lab(k, ["true"], [], progress=lambda m: print(m, flush=True))
     """)
