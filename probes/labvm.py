@@ -252,15 +252,17 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
     if handover:
         inner = ["/usr/bin/env", f"{handover[0]}={handover[1]}", *inner]
     try:
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             console = GuestConsole()
             try:
                 return _run(kernel, inner, rwdirs, progress, timeout_s, append, cwd, silent_s, console,
                             tcg_threads)
             except LabGuestError as err:
-                if attempt == attempts:
+                if attempt >= attempts:
                     raise
-                progress(f"lab VM: {err}; booting again (boot {attempt + 1} of {attempts})")
+                attempt += 1
+                progress(f"lab VM: {err}; booting again (boot {attempt} of {attempts})")
             finally:
                 if console_log is not None:
                     with contextlib.suppress(OSError):
@@ -269,7 +271,6 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
         if handover:
             with contextlib.suppress(OSError):
                 os.unlink(handover[1])
-    raise AssertionError("unreachable")
 
 
 def _index_handover(kernel: LabKernel, rwdirs: list[Path], progress) -> tuple[str, str] | None:

@@ -346,10 +346,6 @@ class Recorder:
                               int(e["tgid"]), int(e["cpu"]), int(e["skb"]), int(e["ifindex"]), int(e["netns"]),
                               int(e["retval"]), bytes(e["comm"])) for i, e in enumerate(batch))
 
-    def _ring_events(self) -> int:
-        """Records the ring buffer holds when full (72-byte records, 8-byte headers)."""
-        return self.ringbuf_pages * 4096 // (EVENT_DTYPE.itemsize + 8)
-
     def _drain(self) -> int:
         """One pass over the ring buffer; returns the events delivered."""
         if self._ring is not None:
@@ -368,10 +364,12 @@ class Recorder:
         try:
             self._last_report = (time.monotonic(), 0)
             self._next_report = time.monotonic() + 2.0
+            # 1/8 of the records a full ring buffer holds (72-byte records, 8-byte headers)
+            eighth = self.ringbuf_pages * 4096 // (EVENT_DTYPE.itemsize + 8) // 8
             while not self._stop.is_set():
                 if self.aggregate_mode:
                     self._stop.wait(0.1)
-                elif self._drain() < self._ring_events() // 8:
+                elif self._drain() < eighth:
                     # paced: a reader that goes again as soon as it got anything spins on a CPU the
                     # workload needs (measured, lab VM: it halved a flood's rate). A ring buffer less
                     # than 1/8 full waits POLL_S; the default one (4 MiB, ~51,000 events) fills that
