@@ -6,9 +6,11 @@ runs through a veth pair between two network namespaces (made with pyroute2,
 ``callpath record specs/veth-macvlan-notes.md --duration D`` runs once per
 duration while it flows. For each run it prints the events recorded, events
 lost, the child's peak RSS (``ru_maxrss`` from ``os.wait4``: includes the bcc
-compile) and the most RSS seen while recording (``VmRSS`` polled every 0.5 s
-between the "recording for" and "writing the rest" progress lines: the event
-path alone), each as a ratio to the first (shortest) run::
+compile; the largest of it and its own children, the trace converter among them)
+and the most RSS seen while recording (``VmRSS`` of ``callpath record`` plus its
+children, the converter process, polled every 0.5 s between the "recording for"
+and "writing the rest" progress lines: the event path alone), each as a ratio
+to the first (shortest) run::
 
     python benchmarks/bench_memory.py            # 60 s and 600 s (about 15 minutes under TCG)
     python benchmarks/bench_memory.py --short    # 20 s and 60 s (a quick check)
@@ -88,6 +90,17 @@ def _recv_forever(fd: int) -> None:
         sock.recv_into(buf)
 
 
+def _tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` plus its children's (the trace converter process), KiB."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(k) for k in task.read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return _vm_rss_kib(pid) + sum(_vm_rss_kib(k) for k in kids)
+
+
 def _vm_rss_kib(pid: int) -> int:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
@@ -120,7 +133,7 @@ def measure(duration: float, out: Path, aggregate: bool) -> dict:
         if pid:
             break
         if state["recording"]:
-            state["rss"] = max(state["rss"], _vm_rss_kib(proc.pid))
+            state["rss"] = max(state["rss"], _tree_rss_kib(proc.pid))
             state["samples"] += 1
         time.sleep(0.5)
     rc = proc.returncode = os.waitstatus_to_exitcode(status)

@@ -23,6 +23,11 @@ received packets/s is kept):
   none-after no probes again: drift of the VM over the run
 
 Compiling and attaching happen before the warm-up, outside the measured floods.
+Before the first probed variant and after each one, a set of no-probe floods is
+measured too: each variant's "ratio to neighbours" divides its received
+packets/s by the mean of the no-probe floods just before and just after it, so
+the VM's drift over the run (up to 2x under TCG) weighs on no variant more than
+on another.
 Columns: packets/s sent and received, received packets/s as a ratio to `none`,
 events the recorder delivered to user space, drained/s (those events divided
 by the seconds the recorder was attached), events lost, and hits counted in
@@ -278,11 +283,15 @@ def inside(args) -> dict:
         result["functions"] = len(symbols(plan))
         progress(f"kernel {result['kernel']}: {result['functions']} functions probed; "
                  f"{args.packets} datagrams per flood mv0 -> mv1")
+        baselines = []  # no-probe floods between the probed variants: the VM drifts (+-2x under TCG)
         for v in args.variants:
             progress(f"-- {v}")
             if v in ("none", "none-after"):
                 row = measure(socks, args)
             else:
+                if not baselines or baselines[-1]["after"] is not None:
+                    baselines.append({"before": measure(socks, args)["recv_pps"], "after": None})
+                base = baselines[-1]
                 try:
                     if v == "bpftrace":
                         with kernel.mounted_tracefs():  # bpftrace checks available_filter_functions
@@ -293,6 +302,12 @@ def inside(args) -> dict:
                         row = run_callpath(v, copy.deepcopy(plan), socks, args, progress)
                 except Exception as err:  # noqa: BLE001 - one variant failing leaves the others measured
                     row = {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
+                # the no-probe flood after it is the next variant's "before"
+                after = measure(socks, args)["recv_pps"]
+                base["after"] = after
+                baselines.append({"before": after, "after": None})
+                row["neighbours_recv_pps"] = [base["before"], after]
+                progress(f"   no-probe floods around it: {base['before']:,} and {after:,} received/s")
             result["variants"][v] = row
             progress(f"   {json.dumps(row)[:300]}")
     return result
@@ -302,17 +317,21 @@ def table(result: dict) -> str:
     """The side-by-side table (Markdown)."""
     base = (result["variants"].get("none") or {}).get("recv_pps")
     out = [f"kernel {result['kernel']}, {result['functions']} functions, {result['packets']} datagrams "
-           f"per flood (median of {result['repeat']})", "",
-           "| variant | sent/s | received/s | ratio | events | drained/s | lost | counted in kernel |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           f"per flood (median of {result['repeat']}); ratio: to `none`; neighbours: to the mean of the "
+           "no-probe floods measured just before and just after the variant", "",
+           "| variant | sent/s | received/s | ratio | ratio to neighbours | events | drained/s | lost | "
+           "counted in kernel |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v, row in result["variants"].items():
         if "skipped" in row:
-            out.append(f"| {v} | not measured: {row['skipped']} |||||||")
+            out.append(f"| {v} | not measured: {row['skipped']} ||||||||")
             continue
         name = f"ftrace {row['tracer']}" if v == "ftrace" else v
         ratio = f"{row['recv_pps'] / base:.2f}" if base else "-"
         cell = lambda k: f"{row[k]:,}" if k in row else "-"  # noqa: E731
-        out.append(f"| {name} | {row['sent_pps']:,} | {row['recv_pps']:,} | {ratio} | {cell('events')} | "
+        nb = row.get("neighbours_recv_pps")
+        near = f"{row['recv_pps'] / (sum(nb) / 2):.2f}" if nb and sum(nb) else "-"
+        out.append(f"| {name} | {row['sent_pps']:,} | {row['recv_pps']:,} | {ratio} | {near} | {cell('events')} | "
                    f"{cell('drained_per_s')} | {cell('lost')} | {cell('counted')} |")
     return "\n".join(out)
 

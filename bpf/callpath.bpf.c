@@ -412,7 +412,9 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 			b = CP_BUCKETS - 1;
 		if (id < CALLPATH_MAX_FUNCS)
 			count_hist(id * CP_BUCKETS + b);
-		if (seq) {
+		/* order is only judged among two or more children (analysis/aggregate.py
+		 * sibling_order): a frame with one distinct child costs no orders update */
+		if (seq >> 16) {
 			u64 zero = 0, *n;
 			ok.seq = seq;
 			n = orders.lookup_or_try_init(&ok, &zero);

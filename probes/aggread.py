@@ -8,7 +8,8 @@ The kernel side keeps, per thread, a stack of the probed frames open now
   (entry-only kprobe) is counted at its entry as a leaf, duration 0;
 * ``orders``: key = the same path plus the frame's first 4 distinct probed
   children (id + 1, 16 bits each, first seen in the lowest bits); value = calls
-  of that frame with that child sequence (frames without probed children: none);
+  of that frame with that child sequence (frames with fewer than two distinct probed
+  children: none, since order is judged only among two or more);
 * ``hist``: per-CPU array, index ``func_id * 64 + b``: returns whose duration
   fell in [2^b, 2^(b+1)) ns (b = 0 also holds 0 ns);
 * ``agg_err``: per-CPU counters: [0] entries beyond the depth limit (not

@@ -39,11 +39,14 @@ def test_bpftrace_program_pairs_kprobe_and_kretprobe_and_says_when_attached():
 def test_table_ratios_against_no_probes_and_names_what_was_not_measured():
     result = {"kernel": "6.1.0-56-amd64", "functions": 2, "packets": 100, "repeat": 3, "variants": {
         "none": {"sent_pps": 2000, "recv_pps": 2000},
-        "kprobe": {"sent_pps": 500, "recv_pps": 500, "events": 4000, "drained_per_s": 800, "lost": 0},
+        "kprobe": {"sent_pps": 500, "recv_pps": 500, "events": 4000, "drained_per_s": 800, "lost": 0,
+                   "neighbours_recv_pps": [1000, 3000]},
         "ftrace": {"skipped": "function_graph is not allowed in a tracefs instance"}}}
     lines = bench.table(result).splitlines()
     kprobe = next(ln for ln in lines if ln.startswith("| kprobe"))
-    assert "| 0.25 |" in kprobe and "4,000" in kprobe and "800" in kprobe
+    assert "| 0.25 | 0.25 |" in kprobe and "4,000" in kprobe and "800" in kprobe
+    assert bench.table({**result, "variants": {"none": {"sent_pps": 4000, "recv_pps": 4000},
+                                               "kprobe": result["variants"]["kprobe"]}}).count("| 0.12 | 0.25 |") == 1
     assert any("not measured: function_graph is not allowed" in ln for ln in lines)
 
 

@@ -71,35 +71,61 @@ def test_many_batches_one_readable_trace(tmp_path):
     assert max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 1000
 
 
-def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path, monkeypatch):
-    """A slow converter: the sink keeps appending to the spool on disk (never waits, so the
-    ring buffer keeps draining); the converter holds at most batch_rows events; converted
+def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path):
+    """A stalled converter (SIGSTOP): the sink keeps appending to the spool on disk (never waits,
+    so the ring buffer keeps draining); the converter holds at most batch_rows events; converted
     segments are deleted; the trace has every event in order."""
-    import threading
+    import os
+    import signal
     import time
 
     s = TraceStream(tmp_path / "t.parquet", batch_rows=100)
     s.segment_bytes = 150 * EVENT_DTYPE.itemsize  # a new segment every ~2 batches
-    gate = threading.Event()
-    real = s._write
-
-    def slow(table):
-        gate.wait(5)
-        real(table)
-
-    monkeypatch.setattr(s, "_write", slow)
-    t0 = time.monotonic()
-    for i in range(5):
-        s(_batch(100, start_ts=i * 1000))
-    assert time.monotonic() - t0 < 1  # not blocked by the stalled converter
-    assert len(list(tmp_path.glob(".t.parquet.spool-*"))) >= 2  # waiting on disk, not in memory
-    gate.set()
+    os.kill(s.converter_pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        for i in range(5):
+            s(_batch(100, start_ts=i * 1000))
+        assert time.monotonic() - t0 < 1  # not blocked by the stalled converter
+        assert len(list(tmp_path.glob(".t.parquet.spool-*"))) >= 2  # waiting on disk, not in memory
+        assert s.written == 0
+    finally:
+        os.kill(s.converter_pid, signal.SIGCONT)
     s.close({"kernel": "k", "lost": 0})
-    assert s.peak_buffered <= 100
+    assert 0 < s.peak_buffered <= 100
     assert not list(tmp_path.glob(".t.parquet.spool-*"))
     ev = read_trace(tmp_path / "t.parquet").events
     assert len(ev) == 500 and list(ev["seq"]) == list(range(500))
     assert (ev["ts_ns"].diff().dropna() >= 0).all()
+
+
+def test_converter_is_a_niced_process_of_its_own_and_goes_away(tmp_path):
+    """The converter shares no GIL with the poll thread: another process, nice 19 while the
+    run goes on, in a session of its own (a terminal's Ctrl-C reaches only the recorder);
+    close() reaps it, and abort() kills it."""
+    import os
+
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100)
+    pid = s.converter_pid
+    assert pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, pid) == 19
+    assert os.getsid(pid) == pid != os.getsid(0)
+    s(_batch(10))
+    s.close({"kernel": "k"})
+    assert not os.path.exists(f"/proc/{pid}")
+    a = TraceStream(tmp_path / "a.parquet", batch_rows=100)
+    a.abort()
+    assert not os.path.exists(f"/proc/{a.converter_pid}")
+
+
+def test_converter_exits_when_the_recorder_is_gone(tmp_path):
+    """End of input without close (the recorder was SIGKILLed): the converter exits by itself."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "callpath.probes.convert"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 1
 
 
 def test_convert_after_writes_nothing_until_close(tmp_path):
@@ -126,25 +152,32 @@ def test_convert_after_abort_removes_the_waiting_segments(tmp_path):
     assert not list(tmp_path.glob(".t.parquet.spool-*"))
 
 
-def test_write_failure_surfaces_in_sink_and_close(tmp_path, monkeypatch):
-    s = TraceStream(tmp_path / "t.parquet", batch_rows=10)
-    s.segment_bytes = 1  # every batch is a segment of its own: converted at once
-
-    def boom(_table):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(s, "_write", boom)
-    s(_batch(10))
+def test_write_failure_surfaces_in_sink_and_close(tmp_path):
+    """The converter fails (its segment vanished): the sink's next batch and close() say so."""
+    import os
+    import signal
     import time
 
-    for _ in range(100):
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=10)
+    s.segment_bytes = 1  # every batch is a segment of its own: handed over at once
+    os.kill(s.converter_pid, signal.SIGSTOP)
+    s(_batch(10))
+    for seg in tmp_path.glob(".t.parquet.spool-*"):
+        seg.unlink()
+    os.kill(s.converter_pid, signal.SIGCONT)
+    for _ in range(500):
         if s._error is not None:
             break
         time.sleep(0.01)
-    with pytest.raises(StreamError, match="No space left"):
+    with pytest.raises(StreamError, match="No such file"):
         s(_batch(10))
-    with pytest.raises(StreamError, match="No space left"):
+    with pytest.raises(StreamError, match="No such file"):
         s.close({"kernel": "k"})
+
+
+def test_unwritable_trace_is_one_error_from_the_constructor(tmp_path):
+    with pytest.raises(StreamError, match="cannot write the trace"):
+        TraceStream(tmp_path / "missing-dir" / "t.parquet")
 
 
 def test_empty_stream_is_a_valid_trace(tmp_path):

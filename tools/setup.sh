@@ -34,7 +34,7 @@ fi
 # so Debian 12's bcc 0.26 compiles it against these headers too.
 NEW_KERNEL=${NEW_KERNEL:-}
 if [ "$NEW_KERNEL" != none ]; then
-  have=$(for d in /lib/modules/6.12.*+deb12-amd64; do [ -e "$d/build" ] && [ -e "/boot/vmlinuz-${d##*/}" ] && echo "${d##*/}"; done 2>/dev/null | sort -V | tail -n1)
+  have=$(for d in /lib/modules/6.12.*+deb12-amd64; do [ -e "$d/build" ] && [ -e "/boot/vmlinuz-${d##*/}" ] && echo "${d##*/}" || true; done 2>/dev/null | sort -V | tail -n1)
   if [ -z "$NEW_KERNEL" ] && [ -n "$have" ]; then
     say "apt: newer lab kernel $have present"
   else
@@ -72,7 +72,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 else
   say "venv: $VENV up to date"
 fi
-labs=$(for k in /boot/vmlinuz-*; do r=${k#/boot/vmlinuz-}; [ -e "/lib/modules/$r/build" ] && echo "$r"; done 2>/dev/null | sort -V | tr '\n' ' ')
+labs=$(for k in /boot/vmlinuz-*; do r=${k#/boot/vmlinuz-}; [ -e "/lib/modules/$r/build" ] && echo "$r" || true; done 2>/dev/null | sort -V | tr '\n' ' ')
 # Issue 10: DWARF of the modules the shipped specs need, for each lab kernel (inlined steps are
 # probed at their inline sites). Once per kernel: about 1.5 minutes for 6.1 (download 11 s,
 # extraction 70 s, index 12 s), then cached in /var/cache/callpath/debuginfo. DEBUGINFO=none skips.
