@@ -103,14 +103,20 @@ def test_lab_job_script_quotes_everything(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not shutil.which("vng", path=str(Path(labvm.sys.executable).parent)) and not shutil.which("vng"),
                     reason="virtme-ng not installed")
-@pytest.mark.skipif(not LAB.image.exists(), reason="no lab kernel image")
+def _installed_lab():
+    """An installed lab kernel (the release moves with Debian's updates), else the fake one."""
+    return next((k for k in labvm.list_lab_kernels() if k.image.exists()), LAB)
+
+
+@pytest.mark.skipif(not _installed_lab().image.exists(), reason="no lab kernel image")
 def test_vng_dry_run_runs_no_host_command(tmp_path, monkeypatch):
     """The command callpath gives vng, run through vng --dry-run: no file appears from a hostile --out."""
+    lab = _installed_lab()
     calls = []
     monkeypatch.setattr(labvm, "run_in_lab", _fake_lab_run(calls, write_trace=True))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "x;touch PWNED;echo"
-    session.verify_in_lab(LAB, [SPEC], out, session.Traffic(workloads=["macvlan"]), lambda m: None)
+    session.verify_in_lab(lab, [SPEC], out, session.Traffic(workloads=["macvlan"]), lambda m: None)
     cmd = calls[0]
     rw = Path(cmd[cmd.index("--rwdir") + 1])
     rw.mkdir()  # gone after the run: make it again for the dry run
