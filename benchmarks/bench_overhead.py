@@ -283,15 +283,14 @@ def inside(args) -> dict:
         result["functions"] = len(symbols(plan))
         progress(f"kernel {result['kernel']}: {result['functions']} functions probed; "
                  f"{args.packets} datagrams per flood mv0 -> mv1")
-        baselines = []  # no-probe floods between the probed variants: the VM drifts (+-2x under TCG)
+        before = None  # no-probe floods between the probed variants: the VM drifts (+-2x under TCG)
         for v in args.variants:
             progress(f"-- {v}")
             if v in ("none", "none-after"):
                 row = measure(socks, args)
             else:
-                if not baselines or baselines[-1]["after"] is not None:
-                    baselines.append({"before": measure(socks, args)["recv_pps"], "after": None})
-                base = baselines[-1]
+                if before is None:
+                    before = measure(socks, args)["recv_pps"]
                 try:
                     if v == "bpftrace":
                         with kernel.mounted_tracefs():  # bpftrace checks available_filter_functions
@@ -304,10 +303,9 @@ def inside(args) -> dict:
                     row = {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
                 # the no-probe flood after it is the next variant's "before"
                 after = measure(socks, args)["recv_pps"]
-                base["after"] = after
-                baselines.append({"before": after, "after": None})
-                row["neighbours_recv_pps"] = [base["before"], after]
-                progress(f"   no-probe floods around it: {base['before']:,} and {after:,} received/s")
+                row["neighbours_recv_pps"] = [before, after]
+                progress(f"   no-probe floods around it: {before:,} and {after:,} received/s")
+                before = after
             result["variants"][v] = row
             progress(f"   {json.dumps(row)[:300]}")
     return result

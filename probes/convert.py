@@ -19,7 +19,7 @@ answers):
 ==========================================  =========================================
 request                                     answer
 ==========================================  =========================================
-``("open", path, names, batch_rows)``       ``("ready",)`` or ``("error", text)``
+``("open", path, names, batch_rows)``       none, or ``("error", text)``
 ``("segment", start, seg_path, mech)``      ``("progress", written, row_groups, peak)``
 ``("rows", rows, mechanism, start)``        ``("progress", ...)``
 ``("close", meta_json_text)``               ``("done", written, row_groups, peak)``
@@ -170,7 +170,6 @@ def serve(inp, out) -> int:
             if kind == "open":
                 _, path, names, batch_rows = msg
                 conv = Converter(path, names, batch_rows)
-                answer("ready")
             elif kind == "segment":
                 _, start, seg, new_mech = msg
                 mech = mech if new_mech is None else new_mech

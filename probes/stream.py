@@ -163,7 +163,7 @@ class TraceStream:
                 msg = pickle.load(self._proc.stdout)
                 if msg[0] == "error":
                     self._error = self._error or msg[1]
-                elif msg[0] != "ready":
+                else:
                     self.written, self.row_groups, self.peak_buffered = msg[1:4]
                     if msg[0] == "done":
                         self._done.set()
