@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
 import socket
 import subprocess
 import sys
@@ -213,21 +212,15 @@ def main() -> int:
         if args.inside:
             (work / "rows.json").write_text(json.dumps(rows))
         return 0
-    from callpath.probes import runstate, session
-    from callpath.probes.labvm import choose_kernel, run_in_lab
+    from inlab import run_inside_lab
 
-    lab = choose_kernel(args.kernel)
-    stage = runstate.make_temp_dir("bench")
-    try:
-        inner = [sys.executable, "-u", __file__, "--inside", str(stage), "--rate", str(args.rate),
-                 "--durations", *map(str, durations)] + (["--aggregate"] if args.aggregate else [])
-        # run_in_lab hands the guest the host's module index (no rebuild under TCG)
-        lines = ["exec " + shlex.join(inner)]
-        timeout = 600 + sum(durations) * (2 if args.aggregate else 1) + 400 * len(durations)
-        return run_in_lab(lab, session._write_job(stage, lines), [stage], progress=lambda m: print(m, flush=True),
-                          timeout_s=timeout)
-    finally:
-        runstate.remove_temp_dir(stage)
+    def inner(stage: Path) -> list[str]:
+        return [sys.executable, "-u", str(Path(__file__).resolve()), "--inside", str(stage), "--rate", str(args.rate),
+                "--durations", *map(str, durations)] + (["--aggregate"] if args.aggregate else [])
+
+    timeout = 600 + sum(durations) * (2 if args.aggregate else 1) + 400 * len(durations)
+    rc, _rows = run_inside_lab(inner, "rows.json", args.kernel, timeout_s=timeout)  # the guest printed the table
+    return rc
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ import copy
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -58,6 +57,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bpfstats  # noqa: E402
+from inlab import run_inside_lab, show  # noqa: E402
 from overhead_flood import flood, macvlan_pair  # noqa: E402
 
 from callpath.probes import kernel, runstate  # noqa: E402
@@ -95,11 +96,15 @@ def symbols(plan) -> list[str]:
 def measure(socks, args) -> dict:
     """A warm-up flood, then ``args.repeat`` floods; the median one by received packets/s."""
     flood(*socks, args.warmup)
+    stats = bpfstats.snapshot() if getattr(args, "bpf_stats", False) else None
     runs = [flood(*socks, args.packets) for _ in range(args.repeat)]
     best = sorted(runs, key=lambda r: r.recv_pps)[len(runs) // 2]
-    return {"sent_pps": round(best.sent_pps), "recv_pps": round(best.recv_pps), "sent": best.sent,
-            "received": best.received, "send_errors": best.errors,
-            "recv_pps_all": [round(r.recv_pps) for r in runs]}
+    row = {"sent_pps": round(best.sent_pps), "recv_pps": round(best.recv_pps), "sent": best.sent,
+           "received": best.received, "send_errors": best.errors,
+           "recv_pps_all": [round(r.recv_pps) for r in runs]}
+    if stats is not None:  # over all measured floods: BPF program runs and ns in them
+        row.update(bpfstats.delta(stats, bpfstats.snapshot()))
+    return row
 
 
 # -- callpath --------------------------------------------------------------
@@ -267,6 +272,19 @@ def run_ftrace(plan, socks, args, progress) -> dict:
 
 
 # -- the run -----------------------------------------------------------------
+def run_variant(v: str, plan, socks, args, progress) -> dict:
+    """One probed variant's row; a variant that fails gives ``{"skipped": why}``, the others go on."""
+    try:
+        if v == "bpftrace":
+            with kernel.mounted_tracefs():  # bpftrace checks available_filter_functions
+                return run_bpftrace(plan, socks, args, progress)
+        if v == "ftrace":
+            return run_ftrace(plan, socks, args, progress)
+        return run_callpath(v, copy.deepcopy(plan), socks, args, progress)
+    except Exception as err:  # noqa: BLE001 - one variant failing leaves the others measured
+        return {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
+
+
 def inside(args) -> dict:
     """All variants on the running kernel (root, kprobes); returns the result dict."""
     from callpath.analysis.readers import read_specs
@@ -277,60 +295,75 @@ def inside(args) -> dict:
     syms = kernel.load_symbols()
     index = index_or_none(kernel.kernel_release(), progress)
     result = {"kernel": kernel.kernel_release(), "packets": args.packets, "warmup": args.warmup,
-              "repeat": args.repeat, "variants": {}}
+              "repeat": args.repeat, "rounds": args.rounds, "variants": {}}
+    stats_fd = None
+    if args.bpf_stats:
+        try:
+            stats_fd = bpfstats.enable_stats()
+            result["bpf_stats"] = True
+            progress("BPF run-time statistics on (BPF_ENABLE_STATS): every program pays two clock reads per run")
+        except OSError as err:
+            progress(f"--bpf-stats: {err}; measuring without")
+            args.bpf_stats = False
     with kernel.modules_loaded(modules_to_load(specs, index, syms.text, syms.clones)), macvlan_pair() as socks:
         plan = build_plan(args.spec, progress)
         result["functions"] = len(symbols(plan))
         progress(f"kernel {result['kernel']}: {result['functions']} functions probed; "
                  f"{args.packets} datagrams per flood mv0 -> mv1")
         before = None  # no-probe floods between the probed variants: the VM drifts (+-2x under TCG)
-        for v in args.variants:
-            progress(f"-- {v}")
-            if v in ("none", "none-after"):
-                row = measure(socks, args)
-            else:
+        for rnd in range(args.rounds):
+            for v in args.variants:
+                if (v == "none" and rnd) or (v == "none-after" and rnd < args.rounds - 1):
+                    continue
+                progress(f"-- {v}" + (f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else ""))
+                if v in ("none", "none-after"):
+                    result["variants"][v] = measure(socks, args)
+                    continue
                 if before is None:
                     before = measure(socks, args)["recv_pps"]
-                try:
-                    if v == "bpftrace":
-                        with kernel.mounted_tracefs():  # bpftrace checks available_filter_functions
-                            row = run_bpftrace(plan, socks, args, progress)
-                    elif v == "ftrace":
-                        row = run_ftrace(plan, socks, args, progress)
-                    else:
-                        row = run_callpath(v, copy.deepcopy(plan), socks, args, progress)
-                except Exception as err:  # noqa: BLE001 - one variant failing leaves the others measured
-                    row = {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
+                row = run_variant(v, plan, socks, args, progress)
                 # the no-probe flood after it is the next variant's "before"
                 after = measure(socks, args)["recv_pps"]
                 row["neighbours_recv_pps"] = [before, after]
                 progress(f"   no-probe floods around it: {before:,} and {after:,} received/s")
                 before = after
-            result["variants"][v] = row
-            progress(f"   {json.dumps(row)[:300]}")
+                first = result["variants"].setdefault(v, row)
+                if "recv_pps" in row and sum(row["neighbours_recv_pps"]):
+                    first.setdefault("rounds_ratio_nb", []).append(
+                        round(row["recv_pps"] / (sum(row["neighbours_recv_pps"]) / 2), 3))
+                progress(f"   {json.dumps(row)[:300]}")
+    if stats_fd is not None:
+        os.close(stats_fd)
     return result
 
 
 def table(result: dict) -> str:
     """The side-by-side table (Markdown)."""
     base = (result["variants"].get("none") or {}).get("recv_pps")
+    stats = result.get("bpf_stats", False)
     out = [f"kernel {result['kernel']}, {result['functions']} functions, {result['packets']} datagrams "
            f"per flood (median of {result['repeat']}); ratio: to `none`; neighbours: to the mean of the "
-           "no-probe floods measured just before and just after the variant", "",
+           "no-probe floods measured just before and just after the variant"
+           + (f"; {result['rounds']} rounds of every probed variant, in turn: the median round, then each"
+              if result.get("rounds", 1) > 1 else ""), "",
            "| variant | sent/s | received/s | ratio | ratio to neighbours | events | drained/s | lost | "
-           "counted in kernel |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "counted in kernel |" + (" BPF runs | BPF ns/run |" if stats else ""),
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if stats else "")]
     for v, row in result["variants"].items():
         if "skipped" in row:
             out.append(f"| {v} | not measured: {row['skipped']} ||||||||")
             continue
         name = f"ftrace {row['tracer']}" if v == "ftrace" else v
         ratio = f"{row['recv_pps'] / base:.2f}" if base else "-"
-        cell = lambda k: f"{row[k]:,}" if k in row else "-"  # noqa: E731
-        nb = row.get("neighbours_recv_pps")
-        near = f"{row['recv_pps'] / (sum(nb) / 2):.2f}" if nb and sum(nb) else "-"
+        cell = lambda k: f"{row[k]:,}" if row.get(k) is not None else "-"  # noqa: E731
+        nb, rounds = row.get("neighbours_recv_pps"), row.get("rounds_ratio_nb") or []
+        if len(rounds) > 1:  # the median round; each round's ratio in brackets
+            near = f"{sorted(rounds)[len(rounds) // 2]:.2f} ({' '.join(f'{r:.2f}' for r in rounds)})"
+        else:
+            near = f"{row['recv_pps'] / (sum(nb) / 2):.2f}" if nb and sum(nb) else "-"
         out.append(f"| {name} | {row['sent_pps']:,} | {row['recv_pps']:,} | {ratio} | {near} | {cell('events')} | "
-                   f"{cell('drained_per_s')} | {cell('lost')} | {cell('counted')} |")
+                   f"{cell('drained_per_s')} | {cell('lost')} | {cell('counted')} |"
+                   + (f" {cell('bpf_runs')} | {cell('bpf_ns_per_run')} |" if stats else ""))
     return "\n".join(out)
 
 
@@ -339,6 +372,9 @@ def main(argv=None) -> int:
     ap.add_argument("--packets", type=int, default=20000, help="datagrams per measured flood (default 20000)")
     ap.add_argument("--warmup", type=int, default=2000, help="datagrams of the warm-up flood (default 2000)")
     ap.add_argument("--repeat", type=int, default=3, help="measured floods per variant (default 3)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="go through the probed variants this many times, in turn (default 1): the VM's speed "
+                    "drifts between boots and within one, and rounds spread that over every variant alike")
     ap.add_argument("--spec", action="append", help="document or folder to plan from (default: specs/)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset, in order")
     ap.add_argument("--kernel", help="lab kernel release (default: the newest with headers)")
@@ -348,44 +384,34 @@ def main(argv=None) -> int:
     ap.add_argument("--tcg-threads", choices=["multi", "single"], default="multi",
                     help="QEMU TCG threading of the lab VM (default multi: a host thread per vCPU, as the README's "
                     "table was measured; callpath's lab runs use single, see probes/labvm.py)")
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="turn on BPF run-time statistics (BPF_ENABLE_STATS) and add each variant's BPF program "
+                    "runs and ns per run (bodies only, no kprobe or trampoline around them; slows every program)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
+    if args.rounds < 1 or args.repeat < 1:
+        ap.error("--rounds and --repeat take 1 or more")
     if bad := [v for v in args.variants if v not in VARIANTS]:
         ap.error(f"unknown variants {bad}; known: {', '.join(VARIANTS)}")
     args.spec = [str(Path(p).resolve()) for p in args.spec or [ROOT / "specs"]]
     if args.inside or kernel.has_kprobes():
-        result = inside(args)
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(table(result))
-        return 0
+        return show("bench_overhead", 0, inside(args), args.json, table)
     from callpath.analysis.readers import expand_spec_args
-    from callpath.probes.labvm import choose_kernel, run_in_lab
-    from callpath.probes.session import _stage_specs, _write_job
+    from callpath.probes.session import _stage_specs
 
-    say = lambda m: print(m, flush=True)  # noqa: E731
-    lab = choose_kernel(args.kernel)
-    stage = runstate.make_temp_dir("bench")  # the only read-write share; documents copied in
-    try:
-        out = stage / "overhead.json"
-        inner = [sys.executable, "-u", str(Path(__file__).resolve()), "--inside", "--packets", str(args.packets),
-                 "--warmup", str(args.warmup), "--repeat", str(args.repeat),
-                 "--variants", ",".join(args.variants), "--json", str(out)]
+    def inner(stage: Path) -> list[str]:  # the stage is the only read-write share; documents copied in
+        argv = [sys.executable, "-u", str(Path(__file__).resolve()), "--inside", "--packets", str(args.packets),
+                "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--rounds", str(args.rounds),
+                "--variants", ",".join(args.variants), "--json", str(stage / "overhead.json")]
+        argv += ["--bpf-stats"] if args.bpf_stats else []
         for staged in _stage_specs(expand_spec_args(args.spec), stage):
-            inner += ["--spec", str(staged)]
-        lines = ["exec " + shlex.join(inner)]  # run_in_lab hands the guest the module index
-        rc = run_in_lab(lab, _write_job(stage, lines), [stage], progress=say, append=args.append or None,
-                        tcg_threads=args.tcg_threads)
-        if not out.exists():
-            print(f"bench_overhead: the lab VM run failed (exit status {rc})", file=sys.stderr)
-            return 1
-        if args.json:
-            shutil.copyfile(out, args.json)
-        print(table(json.loads(out.read_text())))
-        return rc
-    finally:
-        runstate.remove_temp_dir(stage)
+            argv += ["--spec", str(staged)]
+        return argv
+
+    rc, result = run_inside_lab(inner, "overhead.json", args.kernel, append=args.append or None,
+                                tcg_threads=args.tcg_threads)
+    return show("bench_overhead", rc, result, args.json, table)
 
 
 if __name__ == "__main__":

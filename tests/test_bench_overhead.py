@@ -81,3 +81,31 @@ def test_flood_between_macvlans_counts_every_datagram_and_leaves_no_namespace():
     assert (second.sent, second.received) == (500, 500)
     assert second.recv_pps > 0
     assert set(leftover_namespaces()) == before
+
+
+def test_bpf_stats_delta_counts_only_what_ran_between_snapshots():
+    import bpfstats
+
+    before = {1: (1000, 10, "kprobe"), 2: (500, 5, "kprobe")}
+    after = {1: (4000, 20, "kprobe"), 2: (500, 5, "kprobe"), 3: (700, 7, "tracing")}  # 3 loaded meanwhile
+    assert bpfstats.delta(before, after) == {"bpf_runs": 17, "bpf_ns": 3700, "bpf_ns_per_run": 217.6,
+                                             "bpf_by_type": {"kprobe": [10, 300.0], "tracing": [7, 100.0]}}
+    assert bpfstats.delta(after, after)["bpf_ns_per_run"] is None
+
+
+def test_table_adds_bpf_columns_only_when_stats_were_on():
+    row = {"sent_pps": 10, "recv_pps": 10, "bpf_runs": 1234, "bpf_ns_per_run": 56.7}
+    result = {"kernel": "k", "functions": 1, "packets": 1, "repeat": 1,
+              "variants": {"none": dict(row), "aggregate": dict(row)}}
+    assert "BPF ns/run" not in bench.table(result)
+    text = bench.table(dict(result, bpf_stats=True))
+    assert "BPF ns/run" in text and "| 1,234 | 56.7 |" in text
+
+
+def test_table_shows_the_median_round_and_each_round():
+    row = {"sent_pps": 10, "recv_pps": 10, "neighbours_recv_pps": [20, 20], "rounds_ratio_nb": [0.41, 0.33, 0.37]}
+    result = {"kernel": "k", "functions": 1, "packets": 1, "repeat": 1, "rounds": 3,
+              "variants": {"none": {"sent_pps": 20, "recv_pps": 20}, "aggregate": row}}
+    text = bench.table(result)
+    assert "| 0.37 (0.41 0.33 0.37) |" in text
+    assert "3 rounds" in text
