@@ -397,3 +397,31 @@ def test_lab_job_passes_probing_and_accepts_lost_status(tmp_path, monkeypatch):
     with pytest.raises(session.SessionError, match="--pid 7"):
         session.verify_in_lab(lab, [spec], tmp_path / "o2", session.Traffic(), lambda m: None,
                               probing=session.Probing(pid=7))
+
+
+def test_converter_stores_timestamps_as_deltas_and_dictionaries_only_where_they_pay(tmp_path):
+    """seq/ts_ns: DELTA_BINARY_PACKED, no dictionary; function/skb: dictionary; the trace reads back equal."""
+    from callpath.probes.convert import Converter
+
+    ev = np.zeros(5000, EVENT_DTYPE)
+    ev["ts_ns"] = 10**12 + np.arange(5000) * 137
+    ev["func_id"] = np.arange(5000) % 3
+    ev["kind"] = np.arange(5000) % 2
+    ev["skb"] = np.uint64(0xFFFF888000000000) + (np.arange(5000, dtype=np.uint64) // np.uint64(22)) * np.uint64(256)
+    ev["comm"] = b"python3"
+    seg = tmp_path / "seg"
+    ev.tofile(seg)
+    c = Converter(tmp_path / "t.parquet", {0: "a", 1: "b", 2: "c"}, 4096)
+    c.segment(seg, 0, {0: "fentry", 1: "fentry", 2: "kprobe"})
+    c.close(json.dumps({"schema": 1}))
+    md = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    cols = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(md.num_columns)}
+    for name in ("seq", "ts_ns"):
+        assert "DELTA_BINARY_PACKED" in cols[name].encodings, cols[name].encodings
+        assert not cols[name].has_dictionary_page
+    for name in ("function", "skb", "comm"):
+        assert cols[name].has_dictionary_page, name
+    back = pq.read_table(tmp_path / "t.parquet").to_pandas()
+    assert back["ts_ns"].tolist() == ev["ts_ns"].tolist()
+    assert back["seq"].tolist() == list(range(5000))
+    assert back["function"].astype(str).tolist()[:4] == ["a", "b", "c", "a"]
