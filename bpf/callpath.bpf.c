@@ -17,6 +17,9 @@
  * Both end in handle(), which either streams one struct callpath_event into the
  * ring buffer, or (CALLPATH_AGGREGATE) counts in BPF maps along a per-thread
  * stack of the probed frames (paths, first-seen child order, log2 latency).
+ * That stack sits in a per-CPU array while its thread runs and moves to a hash
+ * by thread when the scheduler switches the thread out with frames open
+ * (on_sched_switch, a raw tracepoint: see thread_state).
  *
  * Settings from the loader, as cflags (probes/loader.py bpf_cflags):
  *   CALLPATH_MAX_FUNCS        slots (default 128)
@@ -83,62 +86,9 @@ BPF_ARRAY(func_cfg, struct func_cfg, CALLPATH_MAX_FUNCS);
 /* [0] events dropped (ring buffer full, tail call failed), per CPU */
 BPF_PERCPU_ARRAY(lost, u64, 1);
 
-#if CALLPATH_STACK
-/*
- * Index into the per-thread arrays, bounded for the verifier. The mask is done
- * in inline assembly because clang drops "& (CP_DEPTH - 1)" when it can prove
- * the range itself, and the verifier, which cannot, then refuses the access.
- */
-static __always_inline u64 slot_of(s64 i)
-{
-	u64 v = (u64)i;
+#include "callpath_stack.h"
 
-	asm volatile("%0 &= 15" : "+r"(v));
-	return v;
-}
-
-struct tstate {
-	u32 depth;              /* frames on ids[] */
-	u32 over;               /* entries beyond CP_DEPTH, not pushed */
-	u32 keep;               /* bit d: frame d passed the filters */
-	u32 pad;
-	u16 ids[CP_DEPTH];      /* func id + 1 of each open frame, 0 above the top */
-	u64 sp[CP_DEPTH];       /* its stack address at entry (see stack_entry) */
-#if CALLPATH_AGGREGATE
-	u64 t0[CP_DEPTH];       /* entry time, ns */
-	u64 seq[CP_DEPTH];      /* first 4 distinct probed children (id + 1), 16 bits each, first lowest */
-#endif
-};
-BPF_TABLE("lru_hash", u32, struct tstate, tstates, 16384);
-BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
-#endif
-
-#if CALLPATH_AGGREGATE
-struct pathkey { u16 ids[CP_DEPTH]; };
-struct pathval { u64 calls; u64 sum_ns; };
-struct orderkey { u16 ids[CP_DEPTH]; u64 seq; };
-BPF_PERCPU_HASH(paths, struct pathkey, struct pathval, 65536);
-BPF_PERCPU_HASH(orders, struct orderkey, u64, 65536);
-BPF_PERCPU_ARRAY(hist, u64, CALLPATH_MAX_FUNCS * CP_BUCKETS);
-/* [0] depth overflow, [1] unmatched returns, [2] paths/orders map full, [3] stale frames dropped */
-BPF_PERCPU_ARRAY(agg_err, u64, 4);
-
-static __always_inline void count_err(u32 i)
-{
-	u64 *n = agg_err.lookup(&i);
-
-	if (n)
-		*n += 1;
-}
-
-static __always_inline void count_hist(u32 i)
-{
-	u64 *n = hist.lookup(&i);
-
-	if (n)
-		*n += 1;
-}
-#else
+#if !CALLPATH_AGGREGATE
 BPF_RINGBUF_OUTPUT(events, CALLPATH_RINGBUF_PAGES);
 #endif
 
@@ -227,209 +177,6 @@ static __always_inline int emit(u32 id, u8 kind, u64 skb, struct devinfo *d, s64
 }
 #endif
 
-#if CALLPATH_STACK
-static __always_inline struct tstate *thread_state(void)
-{
-	u32 tid = (u32)bpf_get_current_pid_tgid(), zero = 0;
-	struct tstate *st, *init;
-
-	if (!tid)  /* the idle task runs on every CPU at once */
-		tid = 0x80000000u | bpf_get_smp_processor_id();
-	st = tstates.lookup(&tid);
-	if (st)
-		return st;
-	init = tzero.lookup(&zero);
-	if (!init)
-		return 0;
-	tstates.update(&tid, init);
-	return tstates.lookup(&tid);
-}
-
-#if CALLPATH_AGGREGATE
-/*
- * The path key of the open frames 0..top: a copy of ids[], which holds 0 above
- * the top frame (stack_entry and stack_return keep it so), hence no loop.
- */
-static __always_inline void path_of(struct pathkey *k, struct tstate *st)
-{
-	__builtin_memcpy(k->ids, st->ids, sizeof(k->ids));
-}
-
-/* per-CPU maps: plain adds, no atomics; probes/aggread.py sums the CPUs */
-static __always_inline void count_path(struct pathkey *k, u64 ns)
-{
-	struct pathval zero = {}, *v = paths.lookup_or_try_init(k, &zero);
-
-	if (!v) {
-		count_err(2);
-		return;
-	}
-	v->calls += 1;
-	v->sum_ns += ns;
-}
-
-/* note child id1 (func id + 1) in the first-seen order of frame d */
-static __always_inline void note_child(struct tstate *st, int d, u16 id1)
-{
-	u64 seq;
-
-	if (d < 0 || d >= CP_DEPTH)
-		return;
-	seq = st->seq[slot_of(d)];
-#pragma unroll
-	for (int s = 0; s < 4; s++) {
-		u16 v = (seq >> (16 * s)) & 0xffff;
-		if (v == id1)
-			return;
-		if (!v) {
-			st->seq[slot_of(d)] = seq | ((u64)id1 << (16 * s));
-			return;
-		}
-	}
-}
-#endif /* CALLPATH_AGGREGATE */
-
-/*
- * Push an entry on the thread's stack. Returns whether the frame passed the
- * filters (a frame without device facts inherits its nearest enclosing frame's).
- *
- * sp is a stack address of the new frame: the traced function's stack pointer
- * at entry (kprobe), or the trampoline's argument array (fentry). Every callee
- * of an open frame sits strictly deeper (lower) on the same kernel stack, so an
- * open frame at or below sp on the same stack (same THREAD_SIZE-aligned 16 KiB
- * region: task stack or IRQ stack, x86-64) has returned without its return
- * being seen (a kretprobe miss): it is dropped, uncounted, before the push.
- */
-static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int entry_only, u64 sp)
-{
-	u32 d = st->depth;
-	int keep;
-
-	if (d > CP_DEPTH)
-		d = CP_DEPTH;
-	if (sp && !st->over) {
-#pragma unroll
-		for (int k = 0; k < CP_DEPTH; k++) {
-			u64 top;
-
-			if (!d)
-				break;
-			top = st->sp[slot_of(d - 1)];
-			if (!top || (top >> 14) != (sp >> 14) || top > sp)
-				break;  /* the usual case: the top frame encloses this entry */
-			st->ids[slot_of(d - 1)] = 0;
-			d--;
-#if CALLPATH_AGGREGATE
-			count_err(3);
-#endif
-		}
-		st->depth = d;
-	}
-	keep = match >= 0 ? match : (d ? (st->keep >> ((d - 1) & 31)) & 1 : 1);
-#if CALLPATH_AGGREGATE
-	if (keep) {
-		note_child(st, (int)d - 1, id + 1);
-		if (entry_only && d < CP_DEPTH) {  /* an inline site: a leaf counted at its entry */
-			struct pathkey k;
-			path_of(&k, st);
-			k.ids[slot_of(d)] = id + 1;
-			count_path(&k, 0);
-		}
-	}
-#endif
-	if (entry_only)
-		return keep;
-	if (d >= CP_DEPTH) {
-		st->over++;
-#if CALLPATH_AGGREGATE
-		count_err(0);
-#endif
-		return keep;
-	}
-	st->ids[slot_of(d)] = id + 1;
-	st->sp[slot_of(d)] = sp;
-#if CALLPATH_AGGREGATE
-	st->t0[slot_of(d)] = bpf_ktime_get_ns();
-	st->seq[slot_of(d)] = 0;
-#endif
-	if (keep)
-		st->keep |= 1u << d;
-	else
-		st->keep &= ~(1u << d);
-	st->depth = d + 1;
-	return keep;
-}
-
-/* Pop the frame of function id. Returns whether it had passed the filters. */
-static __always_inline int stack_return(struct tstate *st, u32 id)
-{
-	u32 d = st->depth;
-	int found = -1, keep;
-
-	if (st->over) {
-		st->over--;
-		return d ? (st->keep >> ((d - 1) & 31)) & 1 : 1;
-	}
-	if (d > CP_DEPTH)
-		d = CP_DEPTH;
-#pragma unroll
-	for (int k = 0; k < CP_DEPTH; k++) {  /* the top frame, usually */
-		int i = (int)d - 1 - k;
-
-		if (i < 0)
-			break;
-		if (st->ids[slot_of(i)] == id + 1) {
-			found = i;
-			break;
-		}
-	}
-	if (found < 0) {  /* its entry was not seen (probe attached mid-call, or dropped) */
-#if CALLPATH_AGGREGATE
-		count_err(1);
-		return 0;
-#else
-		return d ? (st->keep >> ((d - 1) & 31)) & 1 : 1;
-#endif
-	}
-	/* frames above the matched one lost their return: dropped, uncounted */
-#pragma unroll
-	for (int k = 1; k < CP_DEPTH; k++) {
-		if (found + k >= (int)d)
-			break;
-		st->ids[slot_of(found + k)] = 0;
-	}
-	keep = (st->keep >> (found & 31)) & 1;
-#if CALLPATH_AGGREGATE
-	if (keep) {
-		struct orderkey ok;
-		u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];
-		u64 seq = st->seq[slot_of(found)];
-		u32 b = ns ? bpf_log2l(ns) : 0;
-
-		path_of((struct pathkey *)&ok, st);
-		count_path((struct pathkey *)&ok, ns);
-		if (b >= CP_BUCKETS)
-			b = CP_BUCKETS - 1;
-		if (id < CALLPATH_MAX_FUNCS)
-			count_hist(id * CP_BUCKETS + b);
-		/* order is only judged among two or more children (analysis/aggregate.py
-		 * sibling_order): a frame with one distinct child costs no orders update */
-		if (seq >> 16) {
-			u64 zero = 0, *n;
-			ok.seq = seq;
-			n = orders.lookup_or_try_init(&ok, &zero);
-			if (n)
-				*n += 1;
-			else
-				count_err(2);
-		}
-	}
-#endif
-	st->ids[slot_of(found)] = 0;
-	st->depth = found;
-	return keep;
-}
-#endif /* CALLPATH_STACK */
 
 /*
  * Everything after the probe-specific part: filters, then stream or count.
@@ -452,10 +199,12 @@ static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval,
 			count_lost();
 			return 0;
 		}
+		st->busy++;
 		if (kind == CALLPATH_EVENT_ENTRY)
 			keep = stack_entry(st, id, CALLPATH_DEV_FILTER ? dev_match(&d) : -1, entry_only, sp);
 		else
 			keep = stack_return(st, id);
+		st->busy--;
 	}
 #endif
 #if CALLPATH_AGGREGATE
@@ -471,16 +220,12 @@ static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval,
  * A fentry program's ctx points at the arguments the BPF trampoline saved in
  * its own stack frame, just above the traced function's: the frame's stack
  * address. The verifier forbids arithmetic on a ctx pointer (stack_entry
- * compares and shifts it), so its value is copied out as a plain number.
+ * compares and shifts it), so stack_entry launders it through the thread's
+ * state (see as_number): the handlers pass it on as it is.
  */
 static __always_inline u64 stack_addr(void *ctx)
 {
-	u64 sp = 0, p = (u64)ctx;
-
-#if CALLPATH_STACK
-	bpf_probe_read_kernel(&sp, sizeof(sp), &p);
-#endif
-	return sp;
+	return (u64)ctx;
 }
 
 /* ---------------------------------------------------------------- kprobes */

@@ -168,9 +168,9 @@ def cmd_record(args) -> int:
     from .probes.record import record
 
     if args.print_bpf:
-        from .bpf import PROGRAM
+        from .bpf import program_source
 
-        print(PROGRAM.read_text())
+        print(program_source())
         return 0
     specs = read_specs(args.specs)
     from .probes import session

@@ -148,6 +148,11 @@ class Recorder:
         """The C text bcc compiles (for ``--print-bpf``)."""
         return program_text(self.plan, self.probes)
 
+    def keeps_stacks(self) -> bool:
+        """Whether the program keeps per-thread stacks of probed frames (CALLPATH_STACK in
+        bpf/callpath.bpf.c): when counting, or filtering on a device or netns."""
+        return bool(self.aggregate_mode or self.filters.netns or self.filters.ifindex)
+
     def cflags(self) -> list[str]:
         return bpf_cflags(self.ringbuf_pages, self.plan.fields, self.aggregate_mode, self.filters)
 
@@ -176,6 +181,14 @@ class Recorder:
         for index, name in ((0, "on_entry"), (1, "on_return")):
             fn = self._bpf.load_func(name, BPF.KPROBE)
             workers[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
+        if self.keeps_stacks():
+            # per-thread stacks live per CPU while their thread runs (bpf/callpath.bpf.c thread_state);
+            # the scheduler's switch moves open frames aside. Raw tracepoints: 4.17+, no kprobe needed.
+            try:
+                self._bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"on_sched_switch")
+            except Exception as err:  # noqa: BLE001 - bcc raises bare Exception on attach failure
+                raise ProbeError(f"cannot attach the sched_switch raw tracepoint that keeps per-thread "
+                                 f"call stacks: {_last_line(err)}") from err
         table = self._bpf["func_cfg"]
         for fp in self.plan.probed():
             table[ctypes.c_int(fp.func_id)] = _cfg(fp)

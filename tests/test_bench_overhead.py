@@ -109,3 +109,15 @@ def test_table_shows_the_median_round_and_each_round():
     text = bench.table(result)
     assert "| 0.37 (0.41 0.33 0.37) |" in text
     assert "3 rounds" in text
+
+
+def test_lab_rerun_result_is_shown_and_saved_and_a_missing_one_fails(tmp_path, capsys):
+    import inlab
+
+    out = tmp_path / "r.json"
+    assert inlab.show("bench_x", 0, {"rows": [1, 2]}, str(out), lambda r: f"rows={len(r['rows'])}") == 0
+    assert capsys.readouterr().out.strip() == "rows=2"
+    assert '"rows"' in out.read_text()
+    assert inlab.show("bench_x", 3, None, str(tmp_path / "none.json"), lambda r: "unused") == 1
+    assert "bench_x: the lab VM run failed (exit status 3)" in capsys.readouterr().err
+    assert not (tmp_path / "none.json").exists()

@@ -36,14 +36,20 @@ def test_header_matches_ctypes_mirror(tmp_path):
 _COMPILE = """
 import sys
 from bcc import BPF
-from callpath.bpf import PROGRAM
+from callpath.bpf import program_source
 from callpath.probes.btf import load_kernel_btf
 from callpath.probes.fields import resolve_fields
+from callpath.probes.filters import Filters
 from callpath.probes.loader import bpf_cflags
 fields = resolve_fields(load_kernel_btf(), "running kernel")  # real offsets: the reads are compiled in
-b = BPF(src_file=str(PROGRAM).encode(), cflags=bpf_cflags(256, fields))
-for name in ("on_entry", "on_return", "entry_0_0", "ret_15_7"):
-    b.load_func(name, BPF.KPROBE)  # the running kernel's verifier accepts them
+# streaming; counting (the per-thread stack, bpf/callpath_stack.h); streaming filtered by ifindex
+for aggregate, filters in ((False, None), (True, None), (False, Filters(ifindex=1))):
+    b = BPF(text=program_source().encode(), cflags=bpf_cflags(256, fields, aggregate, filters))
+    for name in ("on_entry", "on_return", "entry_0_0", "ret_15_7"):
+        b.load_func(name, BPF.KPROBE)  # the running kernel's verifier accepts them
+    if aggregate or filters:
+        b.load_func("on_sched_switch", BPF.RAW_TRACEPOINT)
+    b.cleanup()
 print("compiled and loaded")
 """
 
@@ -74,3 +80,18 @@ def test_program_compiles_against_each_lab_kernels_headers(release, tmp_path):
     res = run_with_lab_headers(tmp_path, release, script)
     errors = [line for line in res.stderr.splitlines() if "error:" in line]
     assert res.returncode == 0 and "compiled and loaded" in res.stdout, (release, errors or res.stderr[-2000:])
+
+
+def test_program_source_pastes_the_folders_own_headers_and_keeps_the_kernels(tmp_path, monkeypatch):
+    import callpath.bpf as bpfdir
+
+    text = bpfdir.program_source()
+    assert '#include "callpath_stack.h"' not in text and '#include "callpath_event.h"' not in text
+    assert "struct tstate *thread_state(void)" in text and "struct callpath_event {" in text
+    assert "#include <uapi/linux/ptrace.h>" in text
+    # a cycle is refused, not followed for ever
+    (tmp_path / "a.h").write_text('#include "b.h"\n')
+    (tmp_path / "b.h").write_text('#include "a.h"\n')
+    monkeypatch.setattr(bpfdir, "BPF_DIR", tmp_path)
+    with pytest.raises(ValueError, match="includes itself"):
+        bpfdir.program_source(tmp_path / "a.h")

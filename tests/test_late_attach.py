@@ -95,3 +95,40 @@ def test_module_that_never_arrived_gets_its_verdict():
     res = m.check_path(spec.paths[0])
     assert [s.verdict for s in res.steps] == ["module-not-loaded", "module-not-loaded"]
     assert "module bridge not loaded during the run" in res.steps[1].detail
+
+
+class FakeBpfConfigure(FakeBpf):
+    """Also what Recorder.configure() touches: workers, func_cfg, raw tracepoints."""
+
+    def __init__(self, refuse_raw_tp=False):
+        super().__init__(set())
+        self.raw_tps, self.refuse_raw_tp = [], refuse_raw_tp
+
+    def load_func(self, name, kind):
+        return type("Fn", (), {"fd": 3})()
+
+    def __getitem__(self, name):
+        class Table(dict):
+            def __setitem__(self, key, value):  # ctypes keys: kept by value
+                super().__setitem__(getattr(key, "value", key), value)
+        return self.cfg.setdefault(name, Table())
+
+    def attach_raw_tracepoint(self, tp, fn_name):
+        if self.refuse_raw_tp:
+            raise Exception("Failed to attach BPF to raw tracepoint")
+        self.raw_tps.append((tp, fn_name))
+
+
+@pytest.mark.parametrize("aggregate, raw_tps", [(True, [(b"sched_switch", b"on_sched_switch")]), (False, [])])
+def test_sched_switch_is_hooked_only_where_the_program_keeps_per_thread_stacks(aggregate, raw_tps):
+    rec = Recorder(_plan(), aggregate=aggregate)
+    rec._bpf = FakeBpfConfigure()
+    rec.configure()
+    assert rec._bpf.raw_tps == raw_tps
+
+
+def test_a_refused_sched_switch_hook_stops_counting_with_a_reason():
+    rec = Recorder(_plan(), aggregate=True)
+    rec._bpf = FakeBpfConfigure(refuse_raw_tp=True)
+    with pytest.raises(ProbeError, match="sched_switch raw tracepoint"):
+        rec.configure()
