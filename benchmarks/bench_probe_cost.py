@@ -12,7 +12,11 @@ fentry+fexit). Programs:
   count   one per-CPU hash update, the body of bpftrace's ``@[probe] = count()``
   and the pieces of callpath's counting mode: bpf_get_current_pid_tgid, an 8-byte
   bpf_probe_read_kernel, per-thread state (432 bytes) in an LRU hash keyed by tid,
-  in a per-CPU array, and in task storage (BPF_MAP_TYPE_TASK_STORAGE)
+  in a per-CPU array, and in task storage (BPF_MAP_TYPE_TASK_STORAGE);
+  and callpath's own program (bpf/callpath.bpf.c) with one fentry/fexit pair on
+  the target, counting (``--aggregate``: one frame deep, one path) and streaming
+  (one 72-byte ring-buffer record per hit into a 64 MiB ring buffer that holds
+  every record of the row, so none is lost and nothing drains it meanwhile).
 
 Pairs attach the same body at entry and at return. fentry/fexit programs are
 loaded the way callpath loads them (probes/fentry.py). Where the running kernel
@@ -86,7 +90,13 @@ int probe_read(void *ctx)
 	return 0;
 }
 """
-#: (row name, mechanism, body); the order of the table
+#: callpath's handlers for the target (bpf/callpath.bpf.c handle(); func id 0, no skb or device)
+CALLPATH_HANDLERS = r"""
+int cp_entry(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_ENTRY, 0, 0, 0, 0, stack_addr(ctx)); }
+int cp_exit(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_RETURN, 0, 0, 0, 0, 0); }
+"""
+CALLPATH_RINGBUF_PAGES = 16384  # 64 MiB: 2 x 72 bytes x 250,000 calls of a row fit
+#: (row name, mechanism, body: one program for both ends or (entry, exit), program: plain|aggregate|stream)
 ROWS = [("nothing attached", None, None),
         ("kprobe, empty", "kprobe", "empty"), ("kprobe+kretprobe, empty", "kprobe-pair", "empty"),
         ("fentry, empty", "fentry", "empty"), ("fentry+fexit, empty", "fentry-pair", "empty"),
@@ -95,7 +105,9 @@ ROWS = [("nothing attached", None, None),
         ("fentry+fexit, pid_tgid", "fentry-pair", "pid"), ("fentry+fexit, probe_read 8 B", "fentry-pair", "probe_read"),
         ("fentry+fexit, LRU hash by tid", "fentry-pair", "lrutid"),
         ("fentry+fexit, per-CPU array", "fentry-pair", "percpu"),
-        ("fentry+fexit, task storage", "fentry-pair", "task"), ("kprobe+kretprobe, task storage", "kprobe-pair", "task")]
+        ("fentry+fexit, task storage", "fentry-pair", "task"), ("kprobe+kretprobe, task storage", "kprobe-pair", "task"),
+        ("fentry+fexit, callpath --aggregate", "fentry-pair", ("cp_entry", "cp_exit"), "aggregate"),
+        ("fentry+fexit, callpath per event", "fentry-pair", ("cp_entry", "cp_exit"), "stream")]
 
 
 def loop_ns(calls: int, repeat: int) -> float:
@@ -109,18 +121,36 @@ def loop_ns(calls: int, repeat: int) -> float:
     return sorted(per)[len(per) // 2]
 
 
-def measure_row(bpf, mech: str | None, body: str | None, btf_id: int, args) -> float:
+def callpath_program(aggregate: bool):
+    """callpath's program with the two handlers above, built as the loader builds it (bcc ``BPF``)."""
+    from bcc import BPF
+
+    from callpath.bpf import program_source
+    from callpath.probes.btf import load_kernel_btf
+    from callpath.probes.fields import resolve_fields
+    from callpath.probes.loader import bpf_cflags
+
+    fields = resolve_fields(load_kernel_btf(), kernel.kernel_release())
+    bpf = BPF(text=(program_source() + CALLPATH_HANDLERS).encode(),
+              cflags=bpf_cflags(CALLPATH_RINGBUF_PAGES, fields, aggregate))
+    if aggregate:  # as Recorder.configure: per-thread stacks move aside at a context switch
+        bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"on_sched_switch")
+    return bpf
+
+
+def measure_row(bpf, mech: str | None, body, btf_id: int, args) -> float:
     from callpath.probes.fentry import attach_tracing, load_tracing
 
     fds: list[int] = []
+    entry, exit_ = body if isinstance(body, tuple) else (body, body)
     try:
         if mech and mech.startswith("kprobe"):
-            bpf.attach_kprobe(event=TARGET, fn_name=body)
+            bpf.attach_kprobe(event=TARGET, fn_name=entry)
             if mech == "kprobe-pair":
-                bpf.attach_kretprobe(event=TARGET, fn_name=body)
+                bpf.attach_kretprobe(event=TARGET, fn_name=exit_)
         elif mech:
-            for is_exit in ((False, True) if mech == "fentry-pair" else (False,)):
-                prog = load_tracing(bpf.dump_func(body.encode()), body, is_exit, btf_id)
+            for name, is_exit in ((entry, False), (exit_, True))[:2 if mech == "fentry-pair" else 1]:
+                prog = load_tracing(bpf.dump_func(name.encode()), name, is_exit, btf_id)
                 fds += [prog, attach_tracing(prog)]
         return loop_ns(args.calls, args.repeat)
     finally:
@@ -140,13 +170,17 @@ def inside(args) -> dict:
     found = load_kernel_btf().func_type_id(TARGET)
     if not found:
         raise SystemExit(f"{TARGET} has no BTF FUNC record on {kernel.kernel_release()}")
-    bpf = BPF(text=PROGRAM)
+    programs = {"plain": BPF(text=PROGRAM)}
     rows = []
     try:
         loop_ns(args.calls // 10, 1)  # warm up the interpreter and caches
-        for label, mech, body in ROWS:
+        for label, mech, body, *which in ROWS:
+            which = which[0] if which else "plain"
             try:
-                ns = measure_row(bpf, mech, body, found[1], args)
+                if which not in programs:
+                    print(f"compiling callpath's program ({which}; slow under emulation)", flush=True)
+                    programs[which] = callpath_program(which == "aggregate")
+                ns = measure_row(programs[which], mech, body, found[1], args)
             except Exception as err:  # noqa: BLE001 - a program this kernel refuses is a finding, not an end
                 rows.append({"row": label, "refused": str(err).strip().splitlines()[-1][:200]})
                 print(f"{label}: refused: {rows[-1]['refused']}", flush=True)
@@ -154,7 +188,8 @@ def inside(args) -> dict:
             rows.append({"row": label, "ns_per_call": round(ns, 1)})
             print(f"{label}: {ns:,.1f} ns per getpgid()", flush=True)
     finally:
-        bpf.cleanup()
+        for bpf in programs.values():
+            bpf.cleanup()
     base = rows[0]["ns_per_call"]
     for r in rows:
         if "ns_per_call" in r:
