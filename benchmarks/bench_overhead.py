@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -358,7 +359,7 @@ def table(result: dict) -> str:
         cell = lambda k: f"{row[k]:,}" if row.get(k) is not None else "-"  # noqa: E731
         nb, rounds = row.get("neighbours_recv_pps"), row.get("rounds_ratio_nb") or []
         if len(rounds) > 1:  # the median round; each round's ratio in brackets
-            near = f"{sorted(rounds)[len(rounds) // 2]:.2f} ({' '.join(f'{r:.2f}' for r in rounds)})"
+            near = f"{statistics.median(rounds):.2f} ({' '.join(f'{r:.2f}' for r in rounds)})"
         else:
             near = f"{row['recv_pps'] / (sum(nb) / 2):.2f}" if nb and sum(nb) else "-"
         out.append(f"| {name} | {row['sent_pps']:,} | {row['recv_pps']:,} | {ratio} | {near} | {cell('events')} | "

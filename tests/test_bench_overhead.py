@@ -109,6 +109,9 @@ def test_table_shows_the_median_round_and_each_round():
     text = bench.table(result)
     assert "| 0.37 (0.41 0.33 0.37) |" in text
     assert "3 rounds" in text
+    two = dict(result, rounds=2, variants={"none": result["variants"]["none"],
+                                           "aggregate": dict(row, rounds_ratio_nb=[0.24, 0.18])})
+    assert "| 0.21 (0.24 0.18) |" in bench.table(two)  # an even count: the mean of the middle two
 
 
 def test_lab_rerun_result_is_shown_and_saved_and_a_missing_one_fails(tmp_path, capsys):
@@ -121,3 +124,4 @@ def test_lab_rerun_result_is_shown_and_saved_and_a_missing_one_fails(tmp_path, c
     assert inlab.show("bench_x", 3, None, str(tmp_path / "none.json"), lambda r: "unused") == 1
     assert "bench_x: the lab VM run failed (exit status 3)" in capsys.readouterr().err
     assert not (tmp_path / "none.json").exists()
+
