@@ -84,7 +84,7 @@ class Converter:
         self.batch_rows = batch_rows
         self.written = self.row_groups = self.peak_buffered = 0
         # encodings measured on 1 M events (benchmarks/bench_convert.py): dictionary only where it pays
-        # and deltas for seq/ts_ns write 1.35x faster and a third of the bytes of Parquet's defaults
+        # and deltas for seq/ts_ns write about 1.4x faster and a third of the bytes of Parquet's defaults
         self._writer = pq.ParquetWriter(Path(path), READ_SCHEMA, compression="zstd", store_schema=False,
                                         write_statistics=STAT_COLUMNS, use_dictionary=DICT_COLUMNS,
                                         column_encoding=DELTA_COLUMNS)
