@@ -17,6 +17,8 @@ received packets/s is kept):
   fentry-drain  as fentry, the sink only counts what the ring buffer gives: the cost of the
              probes and the drain alone (no file)
   aggregate  callpath counting mode (aggregate=True): no events streamed
+  aggregate-empty, aggregate-noclock, aggregate-nopath
+             counting mode less a part of its BPF body (benchmarks/ablation.py): where its cost goes
   bpftrace   bpftrace, kprobe+kretprobe on the plan's symbols, @[probe] = count()
   ftrace     function_graph on the plan's symbols, in a tracefs instance of its own
              (the `function` tracer when this kernel allows no function_graph in an instance)
@@ -59,6 +61,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bpfstats  # noqa: E402
+from ablation import ABLATIONS, ablated_source  # noqa: E402
 from inlab import run_inside_lab, show  # noqa: E402
 from overhead_flood import flood, macvlan_pair  # noqa: E402
 
@@ -71,7 +74,8 @@ from callpath.probes import kernel, runstate  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-after", "fentry-drain", "aggregate", "bpftrace", "ftrace", "none-after")
+VARIANTS = ("none", "kprobe", "fentry", "fentry-after", "fentry-drain", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
+            "none-after")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -273,6 +277,19 @@ def run_ftrace(plan, socks, args, progress) -> dict:
 
 
 # -- the run -----------------------------------------------------------------
+def run_ablation(v: str, plan, socks, args, progress) -> dict:
+    """Counting mode with ablation ``v`` (benchmarks/ablation.py) in the program text bcc compiles."""
+    from callpath.bpf import program_source
+    from callpath.probes import bpfgen
+
+    text = ablated_source(v, program_source())  # ValueError before anything loads
+    bpfgen.program_source = lambda: text
+    try:
+        return run_callpath("aggregate", plan, socks, args, progress)
+    finally:
+        bpfgen.program_source = program_source
+
+
 def run_variant(v: str, plan, socks, args, progress) -> dict:
     """One probed variant's row; a variant that fails gives ``{"skipped": why}``, the others go on."""
     try:
@@ -281,6 +298,8 @@ def run_variant(v: str, plan, socks, args, progress) -> dict:
                 return run_bpftrace(plan, socks, args, progress)
         if v == "ftrace":
             return run_ftrace(plan, socks, args, progress)
+        if v in ABLATIONS:
+            return run_ablation(v, copy.deepcopy(plan), socks, args, progress)
         return run_callpath(v, copy.deepcopy(plan), socks, args, progress)
     except Exception as err:  # noqa: BLE001 - one variant failing leaves the others measured
         return {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}

@@ -125,3 +125,36 @@ def test_lab_rerun_result_is_shown_and_saved_and_a_missing_one_fails(tmp_path, c
     assert "bench_x: the lab VM run failed (exit status 3)" in capsys.readouterr().err
     assert not (tmp_path / "none.json").exists()
 
+
+
+def test_ablations_apply_to_the_program_as_it_is_and_refuse_a_drifted_one():
+    import ablation
+
+    from callpath.bpf import program_source
+
+    src = program_source()
+    for name in ablation.ABLATIONS:
+        out = ablation.ablated_source(name, src)
+        assert out != src and name in bench.VARIANTS
+    assert "if (CALLPATH_AGGREGATE)\n\t\treturn 0;" in ablation.ablated_source("aggregate-empty", src)
+    # the counting clock reads (entry, return) go; streaming's event stamp stays
+    assert ablation.ablated_source("aggregate-noclock", src).count("bpf_ktime_get_ns()") == \
+        src.count("bpf_ktime_get_ns()") - 2
+    with pytest.raises(ValueError, match="aggregate-noclock"):
+        ablation.ablated_source("aggregate-noclock", src.replace("st->t0[slot_of(d)] = bpf_ktime_get_ns();", ""))
+
+
+def test_an_ablation_compiles_the_patched_text_and_puts_the_program_back(monkeypatch):
+    from callpath.probes import bpfgen
+
+    seen = {}
+
+    def fake_run(variant, plan, socks, args, progress):
+        seen["variant"], seen["text"] = variant, bpfgen.program_source()
+        return {"recv_pps": 1}
+
+    original = bpfgen.program_source
+    monkeypatch.setattr(bench, "run_callpath", fake_run)
+    assert bench.run_variant("aggregate-nopath", SimpleNamespace(), None, None, print) == {"recv_pps": 1}
+    assert seen["variant"] == "aggregate" and "if (ns != 0x5eed)" in seen["text"]
+    assert bpfgen.program_source is original

@@ -1,0 +1,42 @@
+"""Counting mode with parts of its BPF body taken out: where ``--aggregate``'s cost goes.
+
+Each ablation is callpath's program text (``callpath.bpf.program_source``) with
+exact replacements, compiled and attached as the loader does it, so a flood
+with it measures the program less that part:
+
+  aggregate-empty     handle() returns at once: the fentry/fexit trampolines,
+                      kprobes and tail calls alone
+  aggregate-noclock   no bpf_ktime_get_ns() at entry or return (durations wrong)
+  aggregate-nopath    no update of the paths hash (no path counts)
+
+The results are wrong by construction; only their cost means anything. A
+replacement that no longer matches the program raises ``ValueError``, so the
+ablations cannot silently drift from the program they stand for.
+"""
+
+from __future__ import annotations
+
+#: ablation -> [(text in the program, replacement)]
+ABLATIONS: dict[str, list[tuple[str, str]]] = {
+    "aggregate-empty": [("\tstruct devinfo d = {};\n\tint keep = 1;\n",
+                         "\tstruct devinfo d = {};\n\tint keep = 1;\n\tif (CALLPATH_AGGREGATE)\n\t\treturn 0;\n")],
+    "aggregate-noclock": [("st->t0[slot_of(d)] = bpf_ktime_get_ns();", "st->t0[slot_of(d)] = 0;"),
+                          ("u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];", "u64 ns = 1000;")],
+    # the update stays in the code (behind a test the compiler cannot drop) but never runs
+    "aggregate-nopath": [("\tstruct pathval zero = {}, *v = paths.lookup_or_try_init(k, &zero);\n",
+                          "\tstruct pathval zero = {}, *v;\n\n\tif (ns != 0x5eed)\n\t\treturn;\n"
+                          "\tv = paths.lookup_or_try_init(k, &zero);\n")],
+}
+
+
+def ablated_source(name: str, source: str) -> str:
+    """``source`` (the program text) with ablation ``name`` applied.
+
+    Raises ``KeyError`` for an unknown name, ``ValueError`` when a replacement's text is
+    not in ``source`` exactly once.
+    """
+    for old, new in ABLATIONS[name]:
+        if source.count(old) != 1:
+            raise ValueError(f"{name}: {old.strip()[:60]!r} is not in the program exactly once")
+        source = source.replace(old, new)
+    return source
