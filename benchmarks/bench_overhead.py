@@ -325,35 +325,37 @@ def inside(args) -> dict:
         except OSError as err:
             progress(f"--bpf-stats: {err}; measuring without")
             args.bpf_stats = False
-    with kernel.modules_loaded(modules_to_load(specs, index, syms.text, syms.clones)), macvlan_pair() as socks:
-        plan = build_plan(args.spec, progress)
-        result["functions"] = len(symbols(plan))
-        progress(f"kernel {result['kernel']}: {result['functions']} functions probed; "
-                 f"{args.packets} datagrams per flood mv0 -> mv1")
-        before = None  # no-probe floods between the probed variants: the VM drifts (+-2x under TCG)
-        for rnd in range(args.rounds):
-            for v in args.variants:
-                if (v == "none" and rnd) or (v == "none-after" and rnd < args.rounds - 1):
-                    continue
-                progress(f"-- {v}" + (f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else ""))
-                if v in ("none", "none-after"):
-                    result["variants"][v] = measure(socks, args)
-                    continue
-                if before is None:
-                    before = measure(socks, args)["recv_pps"]
-                row = run_variant(v, plan, socks, args, progress)
-                # the no-probe flood after it is the next variant's "before"
-                after = measure(socks, args)["recv_pps"]
-                row["neighbours_recv_pps"] = [before, after]
-                progress(f"   no-probe floods around it: {before:,} and {after:,} received/s")
-                before = after
-                first = result["variants"].setdefault(v, row)
-                if "recv_pps" in row and sum(row["neighbours_recv_pps"]):
-                    first.setdefault("rounds_ratio_nb", []).append(
-                        round(row["recv_pps"] / (sum(row["neighbours_recv_pps"]) / 2), 3))
-                progress(f"   {json.dumps(row)[:300]}")
-    if stats_fd is not None:
-        os.close(stats_fd)
+    try:
+        with kernel.modules_loaded(modules_to_load(specs, index, syms.text, syms.clones)), macvlan_pair() as socks:
+            plan = build_plan(args.spec, progress)
+            result["functions"] = len(symbols(plan))
+            progress(f"kernel {result['kernel']}: {result['functions']} functions probed; "
+                     f"{args.packets} datagrams per flood mv0 -> mv1")
+            before = None  # no-probe floods between the probed variants: the VM drifts (+-2x under TCG)
+            for rnd in range(args.rounds):
+                for v in args.variants:
+                    if (v == "none" and rnd) or (v == "none-after" and rnd < args.rounds - 1):
+                        continue
+                    progress(f"-- {v}" + (f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else ""))
+                    if v in ("none", "none-after"):
+                        result["variants"][v] = measure(socks, args)
+                        continue
+                    if before is None:
+                        before = measure(socks, args)["recv_pps"]
+                    row = run_variant(v, plan, socks, args, progress)
+                    # the no-probe flood after it is the next variant's "before"
+                    after = measure(socks, args)["recv_pps"]
+                    row["neighbours_recv_pps"] = [before, after]
+                    progress(f"   no-probe floods around it: {before:,} and {after:,} received/s")
+                    before = after
+                    first = result["variants"].setdefault(v, row)
+                    if "recv_pps" in row and sum(row["neighbours_recv_pps"]):
+                        first.setdefault("rounds_ratio_nb", []).append(
+                            round(row["recv_pps"] / (sum(row["neighbours_recv_pps"]) / 2), 3))
+                    progress(f"   {json.dumps(row)[:300]}")
+    finally:  # statistics go off with their fd
+        if stats_fd is not None:
+            os.close(stats_fd)
     return result
 
 

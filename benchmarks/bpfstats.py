@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
+import sys
 from pathlib import Path
 
-#: bpf(2) syscall number per machine (asm/unistd_64.h); commands and BPF_STATS_RUN_TIME = 0: uapi/linux/bpf.h
-_NR_BPF = {"x86_64": 321, "aarch64": 280}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from callpath.probes.fentry import _bpf  # noqa: E402 - the one bpf(2) wrapper (raises FentryError, an OSError)
+
+#: bpf(2) commands and BPF_STATS_RUN_TIME = 0: uapi/linux/bpf.h
 _BPF_ENABLE_STATS = 32
 _BPF_PROG_GET_NEXT_ID = 11
 _BPF_PROG_GET_FD_BY_ID = 13
@@ -34,21 +36,9 @@ def enable_stats() -> int:
     """Turn BPF run-time statistics on; returns the fd that keeps them on (close it to turn them off).
 
     Raises:
-        OSError: the kernel refused (before 5.8, or not root), or this machine's syscall number is unknown.
+        OSError: the kernel refused (before 5.8, or not root).
     """
     return _bpf(_BPF_ENABLE_STATS, (ctypes.c_uint32 * 2)(0, 0))  # enable_stats.type = BPF_STATS_RUN_TIME
-
-
-def _bpf(cmd: int, attr) -> int:
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(f"bpf(2) syscall number unknown on {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
 
 
 def snapshot() -> dict[int, tuple[int, int, str]]:
