@@ -2,7 +2,7 @@
 
 In counting mode the BPF program streams no events. Per thread (tid; the idle
 task, tid 0, per CPU) it keeps a stack of the probed frames currently open and
-counts, in BPF maps (``bpf/callpath.bpf.c``, ``CALLPATH_AGGREGATE``):
+counts, in BPF maps (``bpf/callpath_stack.h``, ``CALLPATH_AGGREGATE``):
 
 * ``paths``: per distinct stack of probed functions (root first, the frame's
   own function last) the calls that closed with their own return and their

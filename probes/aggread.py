@@ -1,4 +1,4 @@
-"""Read the counting-mode maps of bpf/callpath.bpf.c (``--aggregate``) after a run.
+"""Read the counting-mode maps of bpf/callpath_stack.h (``--aggregate``) after a run.
 
 The kernel side keeps, per thread, a stack of the probed frames open now
 (at most ``CP_DEPTH`` = 16) and counts, when a frame closes with its own return:

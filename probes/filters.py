@@ -14,7 +14,7 @@ a busy host costs a comparison, not a record:
 
 A function without an skb or net_device argument (``rtnl_newlink``) has no
 device to judge by: it inherits the verdict of its thread's nearest enclosing
-probed frame, and is kept when there is none (bpf/callpath.bpf.c ``stack_entry``).
+probed frame, and is kept when there is none (bpf/callpath_stack.h ``stack_entry``).
 """
 
 from __future__ import annotations

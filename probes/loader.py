@@ -182,7 +182,7 @@ class Recorder:
             fn = self._bpf.load_func(name, BPF.KPROBE)
             workers[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
         if self.keeps_stacks():
-            # per-thread stacks live per CPU while their thread runs (bpf/callpath.bpf.c thread_state);
+            # per-thread stacks live per CPU while their thread runs (bpf/callpath_stack.h thread_state);
             # the scheduler's switch moves open frames aside. Raw tracepoints: 4.17+, no kprobe needed.
             try:
                 self._bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"on_sched_switch")

@@ -1,4 +1,4 @@
-"""A plain-Python model of the kernel's counting mode (``bpf/callpath.bpf.c``, ``CALLPATH_AGGREGATE``).
+"""A plain-Python model of the kernel's counting mode (``bpf/callpath_stack.h``, ``CALLPATH_AGGREGATE``).
 
 Applied to a per-event trace, it computes the ``meta["aggregate"]`` the kernel
 would have counted on the same calls, so tests can judge both modes on one
