@@ -7,7 +7,8 @@ with it measures the program less that part:
   aggregate-empty     handle() returns at once: the fentry/fexit trampolines,
                       kprobes and tail calls alone
   aggregate-noclock   no bpf_ktime_get_ns() at entry or return (durations wrong)
-  aggregate-nopath    no update of the paths hash (no path counts)
+  aggregate-nopath    no path interning at entry nor path count at return
+                      (no path counts)
 
 The results are wrong by construction; only their cost means anything. A
 replacement that no longer matches the program raises ``ValueError``, so the
@@ -23,9 +24,11 @@ ABLATIONS: dict[str, list[tuple[str, str]]] = {
     "aggregate-noclock": [("st->t0[slot_of(d)] = bpf_ktime_get_ns();", "st->t0[slot_of(d)] = 0;"),
                           ("u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];", "u64 ns = 1000;")],
     # the update stays in the code (behind a test the compiler cannot drop) but never runs
-    "aggregate-nopath": [("\tstruct pathval zero = {}, *v = paths.lookup_or_try_init(k, &zero);\n",
-                          "\tstruct pathval zero = {}, *v;\n\n\tif (ns != 0x5eed)\n\t\treturn;\n"
-                          "\tv = paths.lookup_or_try_init(k, &zero);\n")],
+    "aggregate-nopath": [("\tif (parent >= CP_PATHS || id >= CALLPATH_MAX_FUNCS)\n",
+                          "\tif (parent != 0x5eed || parent >= CP_PATHS || id >= CALLPATH_MAX_FUNCS)\n"),
+                         ("\tstruct pathval *v = path_stats.lookup(&path);\n",
+                          "\tstruct pathval *v;\n\n\tif (ns != 0x5eed)\n\t\treturn;\n"
+                          "\tv = path_stats.lookup(&path);\n")],
 }
 
 

@@ -35,6 +35,7 @@ struct tstate {
 	u16 ids[CP_DEPTH];      /* func id + 1 of each open frame, 0 above the top */
 	u64 sp[CP_DEPTH];       /* its stack address at entry (see stack_entry) */
 #if CALLPATH_AGGREGATE
+	u32 path[CP_DEPTH];     /* interned path id of each open frame (see intern_path) */
 	u64 t0[CP_DEPTH];       /* entry time, ns */
 	u64 seq[CP_DEPTH];      /* first 4 distinct probed children (id + 1), 16 bits each, first lowest */
 #endif
@@ -48,13 +49,43 @@ BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
 #endif
 
 #if CALLPATH_AGGREGATE
-struct pathkey { u16 ids[CP_DEPTH]; };
+/*
+ * Paths are interned: path id 0 is the empty path (no frame open); the path of
+ * a frame opened by function f while path p is open is the id in
+ * path_child[p * CALLPATH_MAX_FUNCS + f], handed out on first use and described
+ * by path_info[id] = (p, f + 1). A handler finds its path by one array lookup
+ * per entry, instead of hashing the whole stack per return.
+ */
+#ifndef CP_PATHS
+#define CP_PATHS 8192            /* path ids, 0 included */
+#endif
+#define CP_NO_PATH 0xffffffffu   /* the table was full: not counted */
+/*
+ * Ids come from one counter by atomic fetch-and-add (BPF_ATOMIC | BPF_FETCH,
+ * Linux 5.12: kernel/bpf/verifier.c check_atomic). Before it, each CPU hands out
+ * its own ids, cpu + CALLPATH_NCPUS * k (probes/aggread.py reads either way).
+ */
+#ifndef CP_ATOMIC_FETCH
+#define CP_ATOMIC_FETCH (LINUX_VERSION_CODE >= KERNEL_VERSION(5, 12, 0))
+#endif
+#ifndef CALLPATH_NCPUS
+#define CALLPATH_NCPUS 1
+#endif
+struct pathinfo { u32 parent; u32 func; };       /* func: func id + 1, 0 = id not handed out */
 struct pathval { u64 calls; u64 sum_ns; };
-struct orderkey { u16 ids[CP_DEPTH]; u64 seq; };
-BPF_PERCPU_HASH(paths, struct pathkey, struct pathval, 65536);
+struct orderkey { u32 path; u32 pad; u64 seq; };
+BPF_ARRAY(path_child, u32, CP_PATHS * CALLPATH_MAX_FUNCS);
+BPF_ARRAY(path_info, struct pathinfo, CP_PATHS);
+#if CP_ATOMIC_FETCH
+BPF_ARRAY(path_next, u64, 1);                     /* ids handed out so far */
+#else
+BPF_PERCPU_ARRAY(path_next, u64, 1);              /* ids this CPU handed out so far */
+#endif
+BPF_PERCPU_ARRAY(path_stats, struct pathval, CP_PATHS);
 BPF_PERCPU_HASH(orders, struct orderkey, u64, 65536);
 BPF_PERCPU_ARRAY(hist, u64, CALLPATH_MAX_FUNCS * CP_BUCKETS);
-/* [0] depth overflow, [1] unmatched returns, [2] paths/orders map full, [3] stale frames dropped */
+/* [0] depth overflow, [1] unmatched returns, [2] calls or orders not counted (path table or orders full),
+ * [3] stale frames dropped */
 BPF_PERCPU_ARRAY(agg_err, u64, 4);
 
 static __always_inline void count_err(u32 i)
@@ -161,21 +192,60 @@ int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 
 #if CALLPATH_AGGREGATE
 /*
- * The path key of the open frames 0..top: a copy of ids[], which holds 0 above
- * the top frame (stack_entry and stack_return keep it so), hence no loop.
+ * The id of path parent + function id (see path_child), handed out on first
+ * use; CP_NO_PATH when parent is, or when the table is full. Two CPUs may
+ * intern the same new path at once: each gets its own id, both described in
+ * path_info, the later one stays in path_child; probes/aggread.py merges ids
+ * that read back as the same path.
  */
-static __always_inline void path_of(struct pathkey *k, struct tstate *st)
+static __always_inline u32 intern_path(u32 parent, u32 id)
 {
-	__builtin_memcpy(k->ids, st->ids, sizeof(k->ids));
+	u32 idx, zero = 0, *child;
+	u64 *next, n;
+	struct pathinfo *info;
+
+	if (parent >= CP_PATHS || id >= CALLPATH_MAX_FUNCS)
+		return CP_NO_PATH;
+	idx = parent * CALLPATH_MAX_FUNCS + id;
+	child = path_child.lookup(&idx);
+	if (!child)
+		return CP_NO_PATH;
+	if (*child)
+		return *child;  /* the usual case */
+	next = path_next.lookup(&zero);
+	if (!next)
+		return CP_NO_PATH;
+#if CP_ATOMIC_FETCH
+	n = __sync_fetch_and_add(next, 1) + 1;
+#else
+	n = 1 + bpf_get_smp_processor_id() + (u64)CALLPATH_NCPUS * *next;
+	*next += 1;
+#endif
+	if (n >= CP_PATHS)
+		return CP_NO_PATH;  /* the table is full: counted in agg_err[2] by count_path */
+	idx = n;
+	info = path_info.lookup(&idx);
+	if (!info)
+		return CP_NO_PATH;
+	info->parent = parent;
+	info->func = id + 1;
+	*child = idx;
+	return idx;
 }
 
-/* per-CPU maps: plain adds, no atomics; probes/aggread.py sums the CPUs */
-static __always_inline void count_path(struct pathkey *k, u64 ns)
+/* the path of open frame d's parent: 0 (the empty path) for the bottom frame */
+static __always_inline u32 parent_path(struct tstate *st, u32 d)
 {
-	struct pathval zero = {}, *v = paths.lookup_or_try_init(k, &zero);
+	return d ? st->path[slot_of(d - 1)] : 0;
+}
+
+/* per-CPU array: plain adds, no atomics; probes/aggread.py sums the CPUs */
+static __always_inline void count_path(u32 path, u64 ns)
+{
+	struct pathval *v = path_stats.lookup(&path);
 
 	if (!v) {
-		count_err(2);
+		count_err(2);  /* CP_NO_PATH: the path table was full */
 		return;
 	}
 	v->calls += 1;
@@ -258,12 +328,8 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 #if CALLPATH_AGGREGATE
 	if (keep) {
 		note_child(st, (int)d - 1, id + 1);
-		if (entry_only && d < CP_DEPTH) {  /* an inline site: a leaf counted at its entry */
-			struct pathkey k;
-			path_of(&k, st);
-			k.ids[slot_of(d)] = id + 1;
-			count_path(&k, 0);
-		}
+		if (entry_only && d < CP_DEPTH)  /* an inline site: a leaf counted at its entry */
+			count_path(intern_path(parent_path(st, d), id), 0);
 	}
 #endif
 	if (entry_only)
@@ -278,6 +344,7 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 	st->ids[slot_of(d)] = id + 1;
 	st->sp[slot_of(d)] = sp;
 #if CALLPATH_AGGREGATE
+	st->path[slot_of(d)] = intern_path(parent_path(st, d), id);
 	st->t0[slot_of(d)] = bpf_ktime_get_ns();
 	st->seq[slot_of(d)] = 0;
 #endif
@@ -330,22 +397,21 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 	keep = (st->keep >> (found & 31)) & 1;
 #if CALLPATH_AGGREGATE
 	if (keep) {
-		struct orderkey ok;
 		u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];
 		u64 seq = st->seq[slot_of(found)];
-		u32 b = ns ? bpf_log2l(ns) : 0;
+		u32 b = ns ? bpf_log2l(ns) : 0, path = st->path[slot_of(found)];
 
-		path_of((struct pathkey *)&ok, st);
-		count_path((struct pathkey *)&ok, ns);
+		count_path(path, ns);
 		if (b >= CP_BUCKETS)
 			b = CP_BUCKETS - 1;
 		if (id < CALLPATH_MAX_FUNCS)
 			count_hist(id * CP_BUCKETS + b);
 		/* order is only judged among two or more children (analysis/aggregate.py
 		 * sibling_order): a frame with one distinct child costs no orders update */
-		if (seq >> 16) {
+		if ((seq >> 16) && path != CP_NO_PATH) {
+			struct orderkey ok = {.path = path, .seq = seq};
 			u64 zero = 0, *n;
-			ok.seq = seq;
+
 			n = orders.lookup_or_try_init(&ok, &zero);
 			if (n)
 				*n += 1;

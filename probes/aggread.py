@@ -1,21 +1,29 @@
 """Read the counting-mode maps of bpf/callpath_stack.h (``--aggregate``) after a run.
 
 The kernel side keeps, per thread, a stack of the probed frames open now
-(at most ``CP_DEPTH`` = 16) and counts, when a frame closes with its own return:
+(at most ``CP_DEPTH`` = 16), each with the id of its path, and counts, when a
+frame closes with its own return:
 
-* ``paths`` (per-CPU hash: plain adds, summed here): key = the func ids (+1, 0 = none) of the stack, root first, the
-  closing frame last; value = calls and summed duration (ns). An inline site
+* paths are interned (``intern_path``): id 0 is the empty path, and
+  ``path_info[id]`` = (parent path id, func id + 1; 0 = id not handed out), so a
+  path reads back root first by following parents; two ids may read back as the
+  same path (two CPUs interned it at once) and are merged here;
+* ``path_stats`` (per-CPU array by path id: plain adds, summed here): calls and
+  summed duration (ns) of frames that closed on that path. An inline site
   (entry-only kprobe) is counted at its entry as a leaf, duration 0;
-* ``orders``: key = the same path plus the frame's first 4 distinct probed
+* ``path_next``: ids handed out so far, one counter (atomic fetch-and-add), or
+  one per CPU (kernels without BPF atomic fetch: ids ``1 + cpu + ncpus * k``);
+* ``orders``: key = path id plus the frame's first 4 distinct probed
   children (id + 1, 16 bits each, first seen in the lowest bits); value = calls
   of that frame with that child sequence (frames with fewer than two distinct probed
   children: none, since order is judged only among two or more);
 * ``hist``: per-CPU array, index ``func_id * 64 + b``: returns whose duration
   fell in [2^b, 2^(b+1)) ns (b = 0 also holds 0 ns);
 * ``agg_err``: per-CPU counters: [0] entries beyond the depth limit (not
-  pushed), [1] returns of a function not on the stack (dropped), [2] updates
-  lost because ``paths``/``orders`` were full, [3] open frames found to have
-  returned unseen (a kretprobe miss: at or below a new entry's stack address).
+  pushed), [1] returns of a function not on the stack (dropped), [2] calls (or
+  child orders) not counted because the path table (``PATHS`` ids) or ``orders`` was full, [3] open
+  frames found to have returned unseen (a kretprobe miss: at or below a new
+  entry's stack address).
 """
 
 from __future__ import annotations
@@ -24,10 +32,8 @@ import ctypes
 
 BUCKETS = 64
 DEPTH = 16
-
-
-def _ids(arr) -> list[int]:
-    return [int(v) - 1 for v in arr if int(v)]
+#: Path ids in the kernel's path table, the empty path (0) included (CP_PATHS, set by probes/loader.py).
+PATHS = 8192
 
 
 def _children(seq: int) -> list[int]:
@@ -42,6 +48,38 @@ def _per_cpu_sum(v, *fields):
     return tuple(sum(int(getattr(x, f)) for x in items) for f in fields)
 
 
+def _id_bound(next_value) -> int:
+    """One past the highest path id handed out, from ``path_next`` (one counter, or one per CPU)."""
+    values = [int(getattr(x, "value", x)) for x in
+              (list(next_value) if hasattr(next_value, "__len__") else [next_value])]
+    if len(values) == 1:
+        return min(PATHS, values[0] + 1)
+    return min(PATHS, 1 + len(values) * max(values))
+
+
+def _resolve(info: dict[int, tuple[int, int]]) -> dict[int, list[int]]:
+    """Path id -> func ids root first, from ``info``: id -> (parent id, func id + 1).
+    Ids whose chain breaks (a parent never described) or loops are left out."""
+    paths: dict[int, list[int]] = {0: []}
+
+    def walk(pid: int) -> list[int] | None:
+        chain = []
+        while pid not in paths:
+            if pid not in info or len(chain) > DEPTH:
+                return None
+            chain.append(pid)
+            pid = info[pid][0]
+        ids = paths[pid]
+        for c in reversed(chain):
+            ids = ids + [info[c][1] - 1]
+            paths[c] = ids
+        return ids
+
+    for pid in info:
+        walk(pid)
+    return paths
+
+
 def read_aggregate(bpf, func_ids) -> dict:
     """The counting maps as plain data, func ids = plan slots.
 
@@ -52,14 +90,34 @@ def read_aggregate(bpf, func_ids) -> dict:
     Returns:
         ``{"paths": [{"ids", "calls", "sum_ns"}], "order": [{"parent", "children", "calls"}],
         "hist": [{"func_id", "bucket", "count"}], "max_depth", "depth_overflow",
-        "unmatched_returns", "map_full", "stale_frames"}``; ``sum_ns`` in ns; lists sorted for stable output.
+        "unmatched_returns", "map_full", "stale_frames"}``; ``sum_ns`` in ns; paths that read back
+        alike merged, paths never counted left out; lists sorted for stable output.
     """
-    paths = []
-    for k, v in bpf["paths"].items():
-        calls, sum_ns = _per_cpu_sum(v, "calls", "sum_ns")
-        paths.append({"ids": _ids(k.ids), "calls": calls, "sum_ns": sum_ns})
-    order = [{"parent": _ids(k.ids), "children": _children(int(k.seq)), "calls": _per_cpu_sum(v)}
-             for k, v in bpf["orders"].items()]
+    bound = _id_bound(bpf["path_next"][ctypes.c_int(0)])
+    info_map, stats_map = bpf["path_info"], bpf["path_stats"]
+    info = {}
+    for pid in range(1, bound):
+        v = info_map[ctypes.c_int(pid)]
+        if int(v.func):
+            info[pid] = (int(v.parent), int(v.func))
+    resolved = _resolve(info)
+    counted: dict[tuple, list[int]] = {}
+    for pid, ids in resolved.items():
+        if not ids:
+            continue
+        calls, sum_ns = _per_cpu_sum(stats_map[ctypes.c_int(pid)], "calls", "sum_ns")
+        if calls:
+            acc = counted.setdefault(tuple(ids), [0, 0])
+            acc[0] += calls
+            acc[1] += sum_ns
+    paths = [{"ids": list(k), "calls": c, "sum_ns": ns} for k, (c, ns) in counted.items()]
+    orders: dict[tuple, int] = {}
+    for k, v in bpf["orders"].items():
+        parent = resolved.get(int(k.path))
+        if parent:
+            key = (tuple(parent), tuple(_children(int(k.seq))))
+            orders[key] = orders.get(key, 0) + _per_cpu_sum(v)
+    order = [{"parent": list(p), "children": list(c), "calls": n} for (p, c), n in orders.items()]
     hist_map = bpf["hist"]
     hist = []
     for fid in sorted({int(f) for f in func_ids if f is not None}):

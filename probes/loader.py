@@ -18,6 +18,7 @@ fentry. The choice and its reason are written in the plan (``probe``,
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bpf import BPF_DIR, SLOTS, handler_names
+from .aggread import PATHS
 from .bpfgen import fentry_candidates, fentry_names, program_text
 from .event import EVENT_DTYPE, FuncCfg
 from .fentry import FentryError, FentryLinks
@@ -54,13 +56,26 @@ def bpf_cflags(ringbuf_pages: int, fields: dict | None = None, aggregate: bool =
     kernel field offsets; fields missing from it are not read (offset -1).
     ``aggregate`` compiles counting mode; ``filters`` the in-kernel filters.
 
+    Counting mode also gets the size of its path table (``aggread.PATHS``) and
+    the number of possible CPUs (bcc's count, which sizes per-CPU values).
+
     Raises ``ValueError`` when ``ringbuf_pages`` is not a power of two.
     """
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
+    counting = [f"-DCP_PATHS={PATHS}", f"-DCALLPATH_NCPUS={possible_cpus()}"] if aggregate else []
     return [f"-I{BPF_DIR}", f"-DCALLPATH_MAX_FUNCS={SLOTS}", f"-DCALLPATH_RINGBUF_PAGES={ringbuf_pages}",
-            f"-DCALLPATH_AGGREGATE={int(aggregate)}", *(filters or Filters()).cflags(),
+            f"-DCALLPATH_AGGREGATE={int(aggregate)}", *counting, *(filters or Filters()).cflags(),
             *field_cflags(fields or {})]
+
+
+def possible_cpus() -> int:
+    """CPUs the kernel may bring online (/sys/devices/system/cpu/possible, as bcc reads it)."""
+    try:
+        from bcc.utils import get_possible_cpus  # noqa: PLC0415 - bcc comes from the system
+    except ImportError:
+        return os.cpu_count() or 1
+    return len(get_possible_cpus())
 
 
 @dataclass

@@ -42,9 +42,11 @@ from callpath.probes.fields import resolve_fields
 from callpath.probes.filters import Filters
 from callpath.probes.loader import bpf_cflags
 fields = resolve_fields(load_kernel_btf(), "running kernel")  # real offsets: the reads are compiled in
-# streaming; counting (the per-thread stack, bpf/callpath_stack.h); streaming filtered by ifindex
-for aggregate, filters in ((False, None), (True, None), (False, Filters(ifindex=1))):
-    b = BPF(text=program_source().encode(), cflags=bpf_cflags(256, fields, aggregate, filters))
+# streaming; counting (the per-thread stack, bpf/callpath_stack.h), with path ids from one atomic
+# counter and from per-CPU counters (kernels before 5.12); streaming filtered by ifindex
+for aggregate, filters, extra in ((False, None, []), (True, None, []), (True, None, ["-DCP_ATOMIC_FETCH=0"]),
+                                  (False, Filters(ifindex=1), [])):
+    b = BPF(text=program_source().encode(), cflags=bpf_cflags(256, fields, aggregate, filters) + extra)
     for name in ("on_entry", "on_return", "entry_0_0", "ret_15_7"):
         b.load_func(name, BPF.KPROBE)  # the running kernel's verifier accepts them
     if aggregate or filters:

@@ -143,39 +143,67 @@ def test_dev_filter_resolves_ifindex_in_callers_netns():
 class _Arr:
     """Stand-in for a bcc table: ``items()`` and per-CPU ``[index]`` lookups."""
 
-    def __init__(self, items=(), percpu=None):
-        self._items, self._percpu = list(items), percpu or {}
+    def __init__(self, items=(), percpu=None, default=(0, 0)):
+        self._items, self._percpu, self._default = list(items), percpu or {}, default
 
     def items(self):
         return self._items
 
     def __getitem__(self, key):
-        return self._percpu.get(key.value, [0, 0])
+        return self._percpu.get(key.value, self._default)
 
 
-def test_read_aggregate_decodes_ids_children_and_buckets():
-    class Key(ctypes.Structure):
-        _fields_ = [("ids", ctypes.c_uint16 * 16)]
+class _Info(ctypes.Structure):
+    _fields_ = [("parent", ctypes.c_uint32), ("func", ctypes.c_uint32)]
 
-    class OKey(ctypes.Structure):
-        _fields_ = [("ids", ctypes.c_uint16 * 16), ("seq", ctypes.c_uint64)]
 
-    class Val(ctypes.Structure):
-        _fields_ = [("calls", ctypes.c_uint64), ("sum_ns", ctypes.c_uint64)]
+class _Val(ctypes.Structure):
+    _fields_ = [("calls", ctypes.c_uint64), ("sum_ns", ctypes.c_uint64)]
 
-    k = Key()
-    k.ids[0], k.ids[1] = 4, 8  # ids + 1: slots 3 and 7
-    ok = OKey()
-    ok.ids[0] = 4
-    ok.seq = 8 | (10 << 16)  # children 7 then 9
-    # per-CPU hashes: one value per CPU, summed
-    bpf = {"paths": _Arr([(k, (Val(10, 3000), Val(2, 400)))]), "orders": _Arr([(ok, [ctypes.c_uint64(4), ctypes.c_uint64(1)])]),
-           "hist": _Arr(percpu={7 * 64 + 10: [2, 1]}), "agg_err": _Arr(percpu={1: [0, 3]})}
+
+class _OKey(ctypes.Structure):
+    _fields_ = [("path", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("seq", ctypes.c_uint64)]
+
+
+def _counting_maps(info, stats, next_value, orders=(), hist=None, err=None):
+    """Stand-ins for the counting maps: path_info by id, path_stats per CPU by id."""
+    return {"path_next": _Arr(percpu={0: next_value}),
+            "path_info": _Arr(percpu={i: _Info(p, f) for i, (p, f) in info.items()}, default=_Info()),
+            "path_stats": _Arr(percpu={i: [_Val(*v) for v in vs] for i, vs in stats.items()}),
+            "orders": _Arr(orders), "hist": _Arr(percpu=hist or {}), "agg_err": _Arr(percpu=err or {})}
+
+
+def test_read_aggregate_rebuilds_interned_paths_children_and_buckets():
+    # path 1 = [3], path 2 = [3, 7] (ids in path_info are func id + 1), path 3 = [3, 9] never counted
+    info = {1: (0, 4), 2: (1, 8), 3: (1, 10)}
+    stats = {1: [(1, 50), (0, 0)], 2: [(10, 3000), (2, 400)], 3: [(0, 0), (0, 0)]}
+    ok = _OKey(path=1, seq=8 | (10 << 16))  # children 7 then 9
+    bpf = _counting_maps(info, stats, ctypes.c_uint64(3), orders=[(ok, [ctypes.c_uint64(4), ctypes.c_uint64(1)])],
+                         hist={7 * 64 + 10: [2, 1]}, err={1: [0, 3]})
     agg = read_aggregate(bpf, [3, 7])
-    assert agg["paths"] == [{"ids": [3, 7], "calls": 12, "sum_ns": 3400}]
+    assert agg["paths"] == [{"ids": [3], "calls": 1, "sum_ns": 50}, {"ids": [3, 7], "calls": 12, "sum_ns": 3400}]
     assert agg["order"] == [{"parent": [3], "children": [7, 9], "calls": 5}]
     assert agg["hist"] == [{"func_id": 7, "bucket": 10, "count": 3}]
     assert agg["unmatched_returns"] == 3 and agg["depth_overflow"] == 0 and agg["max_depth"] == 16
+
+
+def test_read_aggregate_merges_ids_raced_for_one_path_and_drops_broken_chains():
+    # two CPUs interned [3, 7] at once (ids 2 and 3); id 5's parent 4 was never described
+    info = {1: (0, 4), 2: (1, 8), 3: (1, 8), 5: (4, 2)}
+    stats = {1: [(1, 1)], 2: [(2, 20)], 3: [(3, 30)], 5: [(9, 9)]}
+    orders = [(_OKey(path=2, seq=1 | (2 << 16)), [ctypes.c_uint64(1)]),
+              (_OKey(path=3, seq=1 | (2 << 16)), [ctypes.c_uint64(2)])]
+    agg = read_aggregate(_counting_maps(info, stats, ctypes.c_uint64(5), orders=orders), [])
+    assert agg["paths"] == [{"ids": [3], "calls": 1, "sum_ns": 1}, {"ids": [3, 7], "calls": 5, "sum_ns": 50}]
+    assert agg["order"] == [{"parent": [3, 7], "children": [0, 1], "calls": 3}]
+
+
+def test_read_aggregate_reads_ids_handed_out_per_cpu():
+    # kernels without BPF atomic fetch: CPU c hands out 1 + c + ncpus * k; CPU 1 gave ids 2 and 4
+    info = {2: (0, 4), 4: (2, 8)}
+    stats = {2: [(0, 0), (1, 5)], 4: [(0, 0), (2, 7)]}
+    agg = read_aggregate(_counting_maps(info, stats, [ctypes.c_uint64(0), ctypes.c_uint64(2)]), [])
+    assert agg["paths"] == [{"ids": [3], "calls": 1, "sum_ns": 5}, {"ids": [3, 7], "calls": 2, "sum_ns": 7}]
 
 
 @pytest.mark.root
