@@ -7,8 +7,8 @@ with it measures the program less that part:
   aggregate-empty     handle() returns at once: the fentry/fexit trampolines,
                       kprobes and tail calls alone
   aggregate-noclock   no bpf_ktime_get_ns() at entry or return (durations wrong)
-  aggregate-nopath    no path interning at entry nor path count at return
-                      (no path counts)
+  aggregate-nopath    no path interning at entry nor path count (or child order) at return
+                      (no path counts, no orders)
 
 The results are wrong by construction; only their cost means anything. A
 replacement that no longer matches the program raises ``ValueError``, so the

@@ -44,6 +44,12 @@ struct tstate {
 BPF_PERCPU_ARRAY(cpu_state, struct tstate, 1);
 /* the frames of threads switched out while inside probed functions, by thread_key */
 BPF_TABLE("lru_hash", u32, struct tstate, tstates, 16384);
+/*
+ * [0] stacks put into tstates less stacks taken back: never below the entries
+ * in it (the LRU may evict without counting down), so 0 means it is empty and
+ * a thread coming onto a CPU need not look itself up (see thread_state).
+ */
+BPF_ARRAY(tstates_n, s64, 1);
 BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
 #define CP_NO_OWNER 0xffffffffu
 #endif
@@ -72,7 +78,8 @@ BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
 #define CALLPATH_NCPUS 1
 #endif
 struct pathinfo { u32 parent; u32 func; };       /* func: func id + 1, 0 = id not handed out */
-struct pathval { u64 calls; u64 sum_ns; };
+/* per path: calls, summed ns, and the first child order seen on this CPU (see count_path) */
+struct pathval { u64 calls; u64 sum_ns; u64 seq; u64 seq_calls; };
 struct orderkey { u32 path; u32 pad; u64 seq; };
 BPF_ARRAY(path_child, u32, CP_PATHS * CALLPATH_MAX_FUNCS);
 BPF_ARRAY(path_info, struct pathinfo, CP_PATHS);
@@ -114,6 +121,25 @@ static __always_inline u32 thread_key(void)
 	return tid ? tid : 0x80000000u | bpf_get_smp_processor_id();
 }
 
+/* add d to tstates_n; counted up before an insert, down after a take-back */
+static __always_inline void count_saved(s64 d)
+{
+	u32 zero = 0;
+	s64 *n = tstates_n.lookup(&zero);
+
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
+/* whether tstates may hold any stack */
+static __always_inline int any_saved(void)
+{
+	u32 zero = 0;
+	s64 *n = tstates_n.lookup(&zero);
+
+	return !n || *n != 0;
+}
+
 /* the thread's frames in the hash (created empty), for a thread kept off cpu_state */
 static __always_inline struct tstate *hashed_state(u32 key)
 {
@@ -125,6 +151,7 @@ static __always_inline struct tstate *hashed_state(u32 key)
 	init = tzero.lookup(&zero);
 	if (!init)
 		return 0;
+	count_saved(1);
 	tstates.update(&key, init);
 	return tstates.lookup(&key);
 }
@@ -134,8 +161,10 @@ static __always_inline void spill(struct tstate *st)
 {
 	u32 owner = st->owner;
 
-	if (owner != CP_NO_OWNER && (st->depth || st->over))
+	if (owner != CP_NO_OWNER && (st->depth || st->over)) {
+		count_saved(1);
 		tstates.update(&owner, st);
+	}
 	st->depth = 0;
 	st->over = 0;
 	st->keep = 0;
@@ -170,10 +199,11 @@ static __always_inline struct tstate *thread_state(void)
 	if (st->busy)
 		return hashed_state(key);
 	spill(st);  /* frames a missed switch left here (none, usually) */
-	saved = tstates.lookup(&key);
+	saved = any_saved() ? tstates.lookup(&key) : 0;
 	if (saved) {
 		__builtin_memcpy(st, saved, sizeof(*st));
 		tstates.delete(&key);
+		count_saved(-1);
 		st->busy = 0;
 	}
 	st->owner = key;
@@ -239,8 +269,27 @@ static __always_inline u32 parent_path(struct tstate *st, u32 d)
 	return d ? st->path[slot_of(d - 1)] : 0;
 }
 
-/* per-CPU array: plain adds, no atomics; probes/aggread.py sums the CPUs */
-static __always_inline void count_path(u32 path, u64 ns)
+/* a frame of path with child order seq other than its path's first (see count_path) */
+static __always_inline void count_order(u32 path, u64 seq)
+{
+	struct orderkey ok = {.path = path, .seq = seq};
+	u64 zero = 0, *n = orders.lookup_or_try_init(&ok, &zero);
+
+	if (n)
+		*n += 1;
+	else
+		count_err(2);
+}
+
+/*
+ * Count a closed frame of path: calls, ns, and its first-seen child order seq
+ * (first 4 distinct probed children, 16 bits each). Order is only judged among
+ * two or more children (analysis/aggregate.py sibling_order), so a frame with
+ * fewer counts none. A path's frames mostly repeat one order: the first this
+ * CPU saw for the path is counted in place, any other in the orders hash.
+ * Per-CPU array: plain adds, no atomics; probes/aggread.py sums the CPUs.
+ */
+static __always_inline void count_path(u32 path, u64 ns, u64 seq)
 {
 	struct pathval *v = path_stats.lookup(&path);
 
@@ -250,6 +299,16 @@ static __always_inline void count_path(u32 path, u64 ns)
 	}
 	v->calls += 1;
 	v->sum_ns += ns;
+	if (!(seq >> 16))
+		return;
+	if (v->seq == seq) {
+		v->seq_calls += 1;  /* the usual case */
+	} else if (!v->seq) {
+		v->seq = seq;
+		v->seq_calls = 1;
+	} else {
+		count_order(path, seq);
+	}
 }
 
 /* note child id1 (func id + 1) in the first-seen order of frame d */
@@ -329,7 +388,7 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 	if (keep) {
 		note_child(st, (int)d - 1, id + 1);
 		if (entry_only && d < CP_DEPTH)  /* an inline site: a leaf counted at its entry */
-			count_path(intern_path(parent_path(st, d), id), 0);
+			count_path(intern_path(parent_path(st, d), id), 0, 0);
 	}
 #endif
 	if (entry_only)
@@ -401,23 +460,11 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 		u64 seq = st->seq[slot_of(found)];
 		u32 b = ns ? bpf_log2l(ns) : 0, path = st->path[slot_of(found)];
 
-		count_path(path, ns);
+		count_path(path, ns, seq);
 		if (b >= CP_BUCKETS)
 			b = CP_BUCKETS - 1;
 		if (id < CALLPATH_MAX_FUNCS)
 			count_hist(id * CP_BUCKETS + b);
-		/* order is only judged among two or more children (analysis/aggregate.py
-		 * sibling_order): a frame with one distinct child costs no orders update */
-		if ((seq >> 16) && path != CP_NO_PATH) {
-			struct orderkey ok = {.path = path, .seq = seq};
-			u64 zero = 0, *n;
-
-			n = orders.lookup_or_try_init(&ok, &zero);
-			if (n)
-				*n += 1;
-			else
-				count_err(2);
-		}
 	}
 #endif
 	st->ids[slot_of(found)] = 0;

@@ -9,13 +9,15 @@ frame closes with its own return:
   path reads back root first by following parents; two ids may read back as the
   same path (two CPUs interned it at once) and are merged here;
 * ``path_stats`` (per-CPU array by path id: plain adds, summed here): calls and
-  summed duration (ns) of frames that closed on that path. An inline site
-  (entry-only kprobe) is counted at its entry as a leaf, duration 0;
+  summed duration (ns) of frames that closed on that path, and the first child
+  order (``seq``, as in ``orders``) that CPU saw for the path with its calls.
+  An inline site (entry-only kprobe) is counted at its entry as a leaf, duration 0;
 * ``path_next``: ids handed out so far, one counter (atomic fetch-and-add), or
   one per CPU (kernels without BPF atomic fetch: ids ``1 + cpu + ncpus * k``);
 * ``orders``: key = path id plus the frame's first 4 distinct probed
   children (id + 1, 16 bits each, first seen in the lowest bits); value = calls
-  of that frame with that child sequence (frames with fewer than two distinct probed
+  of that frame with that child sequence, for sequences other than the one its
+  CPU counts in ``path_stats`` (frames with fewer than two distinct probed
   children: none, since order is judged only among two or more);
 * ``hist``: per-CPU array, index ``func_id * 64 + b``: returns whose duration
   fell in [2^b, 2^(b+1)) ns (b = 0 also holds 0 ns);
@@ -102,16 +104,22 @@ def read_aggregate(bpf, func_ids) -> dict:
             info[pid] = (int(v.parent), int(v.func))
     resolved = _resolve(info)
     counted: dict[tuple, list[int]] = {}
+    orders: dict[tuple, int] = {}
     for pid, ids in resolved.items():
         if not ids:
             continue
-        calls, sum_ns = _per_cpu_sum(stats_map[ctypes.c_int(pid)], "calls", "sum_ns")
-        if calls:
-            acc = counted.setdefault(tuple(ids), [0, 0])
-            acc[0] += calls
-            acc[1] += sum_ns
+        per_cpu = stats_map[ctypes.c_int(pid)]
+        calls, sum_ns = _per_cpu_sum(per_cpu, "calls", "sum_ns")
+        if not calls:
+            continue
+        acc = counted.setdefault(tuple(ids), [0, 0])
+        acc[0] += calls
+        acc[1] += sum_ns
+        for cpu in per_cpu:
+            if int(cpu.seq_calls):
+                key = (tuple(ids), tuple(_children(int(cpu.seq))))
+                orders[key] = orders.get(key, 0) + int(cpu.seq_calls)
     paths = [{"ids": list(k), "calls": c, "sum_ns": ns} for k, (c, ns) in counted.items()]
-    orders: dict[tuple, int] = {}
     for k, v in bpf["orders"].items():
         parent = resolved.get(int(k.path))
         if parent:

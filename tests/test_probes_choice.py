@@ -158,7 +158,8 @@ class _Info(ctypes.Structure):
 
 
 class _Val(ctypes.Structure):
-    _fields_ = [("calls", ctypes.c_uint64), ("sum_ns", ctypes.c_uint64)]
+    _fields_ = [("calls", ctypes.c_uint64), ("sum_ns", ctypes.c_uint64), ("seq", ctypes.c_uint64),
+                ("seq_calls", ctypes.c_uint64)]
 
 
 class _OKey(ctypes.Structure):
@@ -176,13 +177,17 @@ def _counting_maps(info, stats, next_value, orders=(), hist=None, err=None):
 def test_read_aggregate_rebuilds_interned_paths_children_and_buckets():
     # path 1 = [3], path 2 = [3, 7] (ids in path_info are func id + 1), path 3 = [3, 9] never counted
     info = {1: (0, 4), 2: (1, 8), 3: (1, 10)}
-    stats = {1: [(1, 50), (0, 0)], 2: [(10, 3000), (2, 400)], 3: [(0, 0), (0, 0)]}
-    ok = _OKey(path=1, seq=8 | (10 << 16))  # children 7 then 9
-    bpf = _counting_maps(info, stats, ctypes.c_uint64(3), orders=[(ok, [ctypes.c_uint64(4), ctypes.c_uint64(1)])],
+    seq79, seq97 = 8 | (10 << 16), 10 | (8 << 16)  # children 7 then 9; 9 then 7
+    # path [3]: CPU 0 counted order 7, 9 in place 6 times, CPU 1 order 9, 7 once; the hash has 7, 9 from CPU 1
+    stats = {1: [(7, 50, seq79, 6), (2, 10, seq97, 1)], 2: [(10, 3000, 0, 0), (2, 400, 0, 0)],
+             3: [(0, 0, 0, 0), (0, 0, 0, 0)]}
+    ok = _OKey(path=1, seq=seq79)
+    bpf = _counting_maps(info, stats, ctypes.c_uint64(3), orders=[(ok, [ctypes.c_uint64(0), ctypes.c_uint64(1)])],
                          hist={7 * 64 + 10: [2, 1]}, err={1: [0, 3]})
     agg = read_aggregate(bpf, [3, 7])
-    assert agg["paths"] == [{"ids": [3], "calls": 1, "sum_ns": 50}, {"ids": [3, 7], "calls": 12, "sum_ns": 3400}]
-    assert agg["order"] == [{"parent": [3], "children": [7, 9], "calls": 5}]
+    assert agg["paths"] == [{"ids": [3], "calls": 9, "sum_ns": 60}, {"ids": [3, 7], "calls": 12, "sum_ns": 3400}]
+    assert agg["order"] == [{"parent": [3], "children": [7, 9], "calls": 7},
+                            {"parent": [3], "children": [9, 7], "calls": 1}]
     assert agg["hist"] == [{"func_id": 7, "bucket": 10, "count": 3}]
     assert agg["unmatched_returns"] == 3 and agg["depth_overflow"] == 0 and agg["max_depth"] == 16
 
@@ -190,7 +195,7 @@ def test_read_aggregate_rebuilds_interned_paths_children_and_buckets():
 def test_read_aggregate_merges_ids_raced_for_one_path_and_drops_broken_chains():
     # two CPUs interned [3, 7] at once (ids 2 and 3); id 5's parent 4 was never described
     info = {1: (0, 4), 2: (1, 8), 3: (1, 8), 5: (4, 2)}
-    stats = {1: [(1, 1)], 2: [(2, 20)], 3: [(3, 30)], 5: [(9, 9)]}
+    stats = {1: [(1, 1, 0, 0)], 2: [(2, 20, 0, 0)], 3: [(3, 30, 0, 0)], 5: [(9, 9, 0, 0)]}
     orders = [(_OKey(path=2, seq=1 | (2 << 16)), [ctypes.c_uint64(1)]),
               (_OKey(path=3, seq=1 | (2 << 16)), [ctypes.c_uint64(2)])]
     agg = read_aggregate(_counting_maps(info, stats, ctypes.c_uint64(5), orders=orders), [])
@@ -201,7 +206,7 @@ def test_read_aggregate_merges_ids_raced_for_one_path_and_drops_broken_chains():
 def test_read_aggregate_reads_ids_handed_out_per_cpu():
     # kernels without BPF atomic fetch: CPU c hands out 1 + c + ncpus * k; CPU 1 gave ids 2 and 4
     info = {2: (0, 4), 4: (2, 8)}
-    stats = {2: [(0, 0), (1, 5)], 4: [(0, 0), (2, 7)]}
+    stats = {2: [(0, 0, 0, 0), (1, 5, 0, 0)], 4: [(0, 0, 0, 0), (2, 7, 0, 0)]}
     agg = read_aggregate(_counting_maps(info, stats, [ctypes.c_uint64(0), ctypes.c_uint64(2)]), [])
     assert agg["paths"] == [{"ids": [3], "calls": 1, "sum_ns": 5}, {"ids": [3, 7], "calls": 2, "sum_ns": 7}]
 
