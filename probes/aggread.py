@@ -42,9 +42,14 @@ def _children(seq: int) -> list[int]:
     return [((seq >> (16 * s)) & 0xFFFF) - 1 for s in range(4) if (seq >> (16 * s)) & 0xFFFF]
 
 
+def _per_cpu(v) -> list:
+    """A map value as a list: a per-CPU one (bcc: an array, one element per CPU) as is, a plain one as [v]."""
+    return list(v) if hasattr(v, "__len__") and not isinstance(v, ctypes.Structure) else [v]
+
+
 def _per_cpu_sum(v, *fields):
-    """A per-CPU map value (bcc: an array, one element per CPU) summed over CPUs; a plain value as is."""
-    items = list(v) if hasattr(v, "__len__") and not isinstance(v, ctypes.Structure) else [v]
+    """A per-CPU map value summed over CPUs; a plain value as is."""
+    items = _per_cpu(v)
     if not fields:
         return sum(int(getattr(x, "value", x)) for x in items)
     return tuple(sum(int(getattr(x, f)) for x in items) for f in fields)
@@ -52,8 +57,7 @@ def _per_cpu_sum(v, *fields):
 
 def _id_bound(next_value) -> int:
     """One past the highest path id handed out, from ``path_next`` (one counter, or one per CPU)."""
-    values = [int(getattr(x, "value", x)) for x in
-              (list(next_value) if hasattr(next_value, "__len__") else [next_value])]
+    values = [int(getattr(x, "value", x)) for x in _per_cpu(next_value)]
     if len(values) == 1:
         return min(PATHS, values[0] + 1)
     return min(PATHS, 1 + len(values) * max(values))
@@ -115,7 +119,7 @@ def read_aggregate(bpf, func_ids) -> dict:
         acc = counted.setdefault(tuple(ids), [0, 0])
         acc[0] += calls
         acc[1] += sum_ns
-        for cpu in per_cpu:
+        for cpu in _per_cpu(per_cpu):
             if int(cpu.seq_calls):
                 key = (tuple(ids), tuple(_children(int(cpu.seq))))
                 orders[key] = orders.get(key, 0) + int(cpu.seq_calls)
