@@ -6,6 +6,8 @@ with it measures the program less that part:
 
   aggregate-empty     handle() returns at once: the fentry/fexit trampolines,
                       kprobes and tail calls alone
+  aggregate-state     handle() finds the thread's stack (thread_state) and returns:
+                      the per-CPU lookup and thread check, no push or pop
   aggregate-noclock   no bpf_ktime_get_ns() at entry or return (durations wrong)
   aggregate-nopath    no path interning at entry nor path count (or child order) at return
                       (no path counts, no orders)
@@ -21,8 +23,10 @@ from __future__ import annotations
 ABLATIONS: dict[str, list[tuple[str, str]]] = {
     "aggregate-empty": [("\tstruct devinfo d = {};\n\tint keep = 1;\n",
                          "\tstruct devinfo d = {};\n\tint keep = 1;\n\tif (CALLPATH_AGGREGATE)\n\t\treturn 0;\n")],
+    "aggregate-state": [("\t\tst->busy++;\n", "\t\tst->busy++;\n\t\tif (CALLPATH_AGGREGATE) {\n\t\t\tst->busy--;\n"
+                         "\t\t\treturn 0;\n\t\t}\n")],
     "aggregate-noclock": [("st->t0[slot_of(d)] = bpf_ktime_get_ns();", "st->t0[slot_of(d)] = 0;"),
-                          ("u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];", "u64 ns = 1000;")],
+                          ("bpf_ktime_get_ns() - st->t0[slot_of(found)]", "1000")],
     # the update stays in the code (behind a test the compiler cannot drop) but never runs
     "aggregate-nopath": [("\tif (parent >= CP_PATHS || id >= CALLPATH_MAX_FUNCS)\n",
                           "\tif (parent != 0x5eed || parent >= CP_PATHS || id >= CALLPATH_MAX_FUNCS)\n"),

@@ -12,13 +12,18 @@ received packets/s is kept):
              both per-event variants stream to Parquet like `record` (probes/stream.py)
   fentry     callpath per-event, --probes auto: fentry/fexit wherever the kernel allows,
              kprobe/kretprobe for the rest (the "mechanisms" field counts them)
+  fentry-busy  as fentry, with no spool backlog (TraceStream backlog_bytes=0): each full 64 MiB
+             segment is converted during the run, as sustained traffic past the 256 MiB backlog is
   fentry-after  as fentry, with `record --convert-after`: raw records wait on disk and become
              Parquet after the run, so the run spends no CPU on Parquet
   fentry-drain  as fentry, the sink only counts what the ring buffer gives: the cost of the
              probes and the drain alone (no file)
   aggregate  callpath counting mode (aggregate=True): no events streamed
-  aggregate-empty, aggregate-noclock, aggregate-nopath
+  aggregate-empty, aggregate-state, aggregate-noclock, aggregate-nopath
              counting mode less a part of its BPF body (benchmarks/ablation.py): where its cost goes
+  aggregate@FILE  counting mode compiled from the program text in FILE (bpf/callpath.bpf.c with its
+             headers pasted in, as ``record --print-bpf`` shows it, changed): a candidate program
+             A/B against the current one in one boot (the host's files are visible read-only in the VM)
   bpftrace   bpftrace, kprobe+kretprobe on the plan's symbols, @[probe] = count()
   ftrace     function_graph on the plan's symbols, in a tracefs instance of its own
              (the `function` tracer when this kernel allows no function_graph in an instance)
@@ -74,7 +79,7 @@ from callpath.probes import kernel, runstate  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-after", "fentry-drain", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-busy", "fentry-after", "fentry-drain", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +136,8 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
         kwargs["sink"] = lambda batch: None  # Recorder counts the events it hands over
     else:
         stream = TraceStream(Path(scratch.name) / "trace.parquet", plan.slot_names(), plan,
-                             convert_during=variant != "fentry-after")
+                             convert_during=variant != "fentry-after",
+                             **({"backlog_bytes": 0} if variant == "fentry-busy" else {}))
         kwargs["sink"] = stream
     try:
         with Recorder(plan, progress=progress, **kwargs) as rec:
@@ -280,9 +286,21 @@ def run_ftrace(plan, socks, args, progress) -> dict:
 def run_ablation(v: str, plan, socks, args, progress) -> dict:
     """Counting mode with ablation ``v`` (benchmarks/ablation.py) in the program text bcc compiles."""
     from callpath.bpf import program_source
+
+    return run_counting_text(ablated_source(v, program_source()), plan, socks, args, progress)  # ValueError first
+
+
+def candidate_file(v: str) -> Path | None:
+    """The program file of variant ``aggregate@FILE``, else None."""
+    return Path(v.split("@", 1)[1]) if v.startswith("aggregate@") else None
+
+
+def run_counting_text(text: str, plan, socks, args, progress) -> dict:
+    """Counting mode compiled from ``text`` instead of bpf/callpath.bpf.c (the generated fentry
+    handlers are appended as usual)."""
+    from callpath.bpf import program_source
     from callpath.probes import bpfgen
 
-    text = ablated_source(v, program_source())  # ValueError before anything loads
     bpfgen.program_source = lambda: text
     try:
         return run_callpath("aggregate", plan, socks, args, progress)
@@ -300,6 +318,8 @@ def run_variant(v: str, plan, socks, args, progress) -> dict:
             return run_ftrace(plan, socks, args, progress)
         if v in ABLATIONS:
             return run_ablation(v, copy.deepcopy(plan), socks, args, progress)
+        if candidate_file(v):
+            return run_counting_text(candidate_file(v).read_text(), copy.deepcopy(plan), socks, args, progress)
         return run_callpath(v, copy.deepcopy(plan), socks, args, progress)
     except Exception as err:  # noqa: BLE001 - one variant failing leaves the others measured
         return {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
@@ -414,8 +434,10 @@ def main(argv=None) -> int:
     args.variants = [v for v in args.variants.split(",") if v]
     if args.rounds < 1 or args.repeat < 1:
         ap.error("--rounds and --repeat take 1 or more")
-    if bad := [v for v in args.variants if v not in VARIANTS]:
-        ap.error(f"unknown variants {bad}; known: {', '.join(VARIANTS)}")
+    if bad := [v for v in args.variants if v not in VARIANTS and not (candidate_file(v) and candidate_file(v).is_file())]:
+        ap.error(f"unknown variants {bad}; known: {', '.join(VARIANTS)}, aggregate@FILE (an existing file)")
+    args.variants = [str(candidate_file(v).resolve()).join(("aggregate@", "")) if candidate_file(v) else v
+                     for v in args.variants]
     args.spec = [str(Path(p).resolve()) for p in args.spec or [ROOT / "specs"]]
     if args.inside or kernel.has_kprobes():
         return show("bench_overhead", 0, inside(args), args.json, table)

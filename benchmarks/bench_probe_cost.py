@@ -93,7 +93,7 @@ int probe_read(void *ctx)
 #: callpath's handlers for the target (bpf/callpath.bpf.c handle(); func id 0, no skb or device)
 CALLPATH_HANDLERS = r"""
 int cp_entry(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_ENTRY, 0, 0, 0, 0, stack_addr(ctx)); }
-int cp_exit(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_RETURN, 0, 0, 0, 0, 0); }
+int cp_exit(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_RETURN, 0, 0, 0, 0, stack_addr(ctx)); }
 """
 CALLPATH_RINGBUF_PAGES = 16384  # 64 MiB: 2 x 72 bytes x 250,000 calls of a row fit
 #: (row name, mechanism, body: one program for both ends or (entry, exit), program: plain|aggregate|stream)

@@ -194,7 +194,7 @@ static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval,
 		entry_dev(&d, skb, dev);
 #if CALLPATH_STACK
 	{
-		struct tstate *st = thread_state();
+		struct tstate *st = thread_state(sp);
 		if (!st) {
 			count_lost();
 			return 0;
@@ -319,5 +319,5 @@ SLOTS8(8) SLOTS8(9) SLOTS8(10) SLOTS8(11) SLOTS8(12) SLOTS8(13) SLOTS8(14) SLOTS
 /*
  * probes/bpfgen.py appends, per function taking fentry/fexit:
  *   int fentry_N(u64 *ctx) { return handle(N, ENTRY, <skb from ctx[i]>, <dev from ctx[j]>, 0, 0, stack_addr(ctx)); }
- *   int fexit_N(u64 *ctx)  { return handle(N, RETURN, 0, 0, <ctx[nargs] or 0>, 0, 0); }
+ *   int fexit_N(u64 *ctx)  { return handle(N, RETURN, 0, 0, <ctx[nargs] or 0>, 0, stack_addr(ctx)); }
  */

@@ -10,6 +10,15 @@
 #ifndef CALLPATH_STACK_H
 #define CALLPATH_STACK_H
 
+/*
+ * Loops are kept as loops (#pragma nounroll; bounded loops: Linux 5.3,
+ * kernel/bpf/verifier.c): every probed function has its own copy of this code
+ * (fentry/fexit handlers cannot share a body), and unrolled, the counting
+ * handlers came to 1,163 and 969 BPF instructions against 448 and 482 as
+ * loops. In the lab VM's flood the smaller program kept 0.24 of the no-probe
+ * rate against 0.23 (3 rounds, benchmarks/bench_overhead.py).
+ */
+
 #if CALLPATH_STACK
 /*
  * Index into the per-thread arrays, bounded for the verifier. The mask is done
@@ -78,8 +87,14 @@ BPF_PERCPU_ARRAY(tzero, struct tstate, 1);
 #define CALLPATH_NCPUS 1
 #endif
 struct pathinfo { u32 parent; u32 func; };       /* func: func id + 1, 0 = id not handed out */
-/* per path: calls, summed ns, and the first child order seen on this CPU (see count_path) */
-struct pathval { u64 calls; u64 sum_ns; u64 seq; u64 seq_calls; };
+/*
+ * Per path, per CPU: calls, summed ns, the first child order seen on this CPU
+ * (see count_path), and a window of CP_WINDOW log2 latency buckets starting at
+ * bucket lat_base - 1 (0: none yet), from 2 below the first duration seen, so
+ * a return updates one value; a duration outside the window goes to hist.
+ */
+#define CP_WINDOW 8
+struct pathval { u64 calls; u64 sum_ns; u64 seq; u64 seq_calls; u64 lat_base; u64 lat[CP_WINDOW]; };
 struct orderkey { u32 path; u32 pad; u64 seq; };
 BPF_ARRAY(path_child, u32, CP_PATHS * CALLPATH_MAX_FUNCS);
 BPF_ARRAY(path_info, struct pathinfo, CP_PATHS);
@@ -173,6 +188,30 @@ static __always_inline void spill(struct tstate *st)
 }
 
 /*
+ * A pointer (fentry's ctx) as a plain number: stored into map memory and loaded
+ * back, which the verifier types as a scalar (a privileged loader may store
+ * pointers into maps: kernel/bpf/verifier.c check_mem_access, allow_ptr_leaks).
+ * One store and one load, where bpf_probe_read_kernel() cost a helper call per
+ * entry. A number (a kprobe's stack pointer) passes through unchanged.
+ */
+static __always_inline u64 as_number(struct tstate *st, u64 v)
+{
+	*(volatile u64 *)&st->scratch = v;
+	return *(volatile u64 *)&st->scratch;
+}
+
+/*
+ * Copy a thread's saved frames, a word at a time in a loop: __builtin_memcpy
+ * unrolls into two instructions per 8 bytes, in every handler.
+ */
+static __always_inline void copy_state(struct tstate *dst, struct tstate *src)
+{
+#pragma nounroll
+	for (int w = 0; w < sizeof(*dst) / 8; w++)
+		((u64 *)dst)[w] = ((u64 *)src)[w];
+}
+
+/*
  * The per-thread stack of probed frames, where the handlers find it cheaply.
  *
  * The frames of the thread running on a CPU live in that CPU's cpu_state (a
@@ -186,22 +225,39 @@ static __always_inline void spill(struct tstate *st)
  * CONFIG_PREEMPT kernels, pinned to their CPU) leaves cpu_state busy: the
  * switch leaves it alone, and other threads on that CPU meanwhile keep their
  * frames in the hash, as every handler did before cpu_state existed.
+ *
+ * sp: a stack address of the handler's frame (see stack_entry; fexit: the same
+ * trampoline frame as its fentry), 0 when unknown (kretprobe). While frames are
+ * open in cpu_state and no handler is inside handle(), they are the running
+ * thread's (any switch since moved them aside): a handler on the same stack as
+ * the top frame (same THREAD_SIZE-aligned 16 KiB region) is that thread's, and
+ * skips reading its thread id. Otherwise, or when sp is unknown, the owner is
+ * compared with the thread id.
  */
-static __always_inline struct tstate *thread_state(void)
+static __always_inline struct tstate *thread_state(u64 sp)
 {
-	u32 key = thread_key(), zero = 0;
+	u32 key, zero = 0, d;
 	struct tstate *st = cpu_state.lookup(&zero), *saved;
 
 	if (!st)
 		return 0;
+	d = st->depth;
+	if (sp && d && !st->busy) {
+		u64 top = st->sp[slot_of(d - 1)];
+
+		sp = as_number(st, sp);
+		if (top && (top >> 14) == (sp >> 14))
+			return st;  /* nested on the top frame's stack, usually */
+	}
+	key = thread_key();
 	if (st->owner == key)
-		return st;  /* the usual case */
+		return st;
 	if (st->busy)
 		return hashed_state(key);
 	spill(st);  /* frames a missed switch left here (none, usually) */
 	saved = any_saved() ? tstates.lookup(&key) : 0;
 	if (saved) {
-		__builtin_memcpy(st, saved, sizeof(*st));
+		copy_state(st, saved);
 		tstates.delete(&key);
 		count_saved(-1);
 		st->busy = 0;
@@ -281,24 +337,47 @@ static __always_inline void count_order(u32 path, u64 seq)
 		count_err(2);
 }
 
+/* log2 bucket of a duration in ns: [2^b, 2^(b+1)), 0 also for 0 ns */
+static __always_inline u32 bucket_of(u64 ns)
+{
+	u32 b = ns ? bpf_log2l(ns) : 0;
+
+	return b < CP_BUCKETS ? b : CP_BUCKETS - 1;
+}
+
 /*
- * Count a closed frame of path: calls, ns, and its first-seen child order seq
- * (first 4 distinct probed children, 16 bits each). Order is only judged among
- * two or more children (analysis/aggregate.py sibling_order), so a frame with
- * fewer counts none. A path's frames mostly repeat one order: the first this
- * CPU saw for the path is counted in place, any other in the orders hash.
- * Per-CPU array: plain adds, no atomics; probes/aggread.py sums the CPUs.
+ * Count a closed frame of function id on path: calls, ns, its log2 latency
+ * (timed: an inline site counted at its entry has none), and its first-seen
+ * child order seq (first 4 distinct probed children, 16 bits each). Order is
+ * only judged among two or more children (analysis/aggregate.py sibling_order),
+ * so a frame with fewer counts none. A path's frames mostly repeat one order:
+ * the first this CPU saw for the path is counted in place, any other in the
+ * orders hash. Latency goes to the path's window of buckets when it falls in it,
+ * else to hist by function. Per-CPU array: plain adds, no atomics;
+ * probes/aggread.py sums the CPUs.
  */
-static __always_inline void count_path(u32 path, u64 ns, u64 seq)
+static __always_inline void count_path(u32 path, u32 id, u64 ns, u64 seq, int timed)
 {
 	struct pathval *v = path_stats.lookup(&path);
+	u32 b = bucket_of(ns), i;
 
 	if (!v) {
 		count_err(2);  /* CP_NO_PATH: the path table was full */
+		if (timed && id < CALLPATH_MAX_FUNCS)
+			count_hist(id * CP_BUCKETS + b);
 		return;
 	}
 	v->calls += 1;
 	v->sum_ns += ns;
+	if (timed) {
+		if (!v->lat_base)
+			v->lat_base = (b > CP_WINDOW / 4 ? b - CP_WINDOW / 4 : 0) + 1;
+		i = b - (u32)(v->lat_base - 1);  /* below the window: wraps, above it */
+		if (i < CP_WINDOW)
+			v->lat[i & (CP_WINDOW - 1)] += 1;
+		else if (id < CALLPATH_MAX_FUNCS)
+			count_hist(id * CP_BUCKETS + b);
+	}
 	if (!(seq >> 16))
 		return;
 	if (v->seq == seq) {
@@ -319,7 +398,7 @@ static __always_inline void note_child(struct tstate *st, int d, u16 id1)
 	if (d < 0 || d >= CP_DEPTH)
 		return;
 	seq = st->seq[slot_of(d)];
-#pragma unroll
+#pragma nounroll
 	for (int s = 0; s < 4; s++) {
 		u16 v = (seq >> (16 * s)) & 0xffff;
 		if (v == id1)
@@ -343,19 +422,6 @@ static __always_inline void note_child(struct tstate *st, int d, u16 id1)
  * region: task stack or IRQ stack, x86-64) has returned without its return
  * being seen (a kretprobe miss): it is dropped, uncounted, before the push.
  */
-/*
- * A pointer (fentry's ctx) as a plain number: stored into map memory and loaded
- * back, which the verifier types as a scalar (a privileged loader may store
- * pointers into maps: kernel/bpf/verifier.c check_mem_access, allow_ptr_leaks).
- * One store and one load, where bpf_probe_read_kernel() cost a helper call per
- * entry. A number (a kprobe's stack pointer) passes through unchanged.
- */
-static __always_inline u64 as_number(struct tstate *st, u64 v)
-{
-	*(volatile u64 *)&st->scratch = v;
-	return *(volatile u64 *)&st->scratch;
-}
-
 static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int entry_only, u64 sp)
 {
 	u32 d = st->depth;
@@ -366,7 +432,7 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 	if (d > CP_DEPTH)
 		d = CP_DEPTH;
 	if (sp && !st->over) {
-#pragma unroll
+#pragma nounroll
 		for (int k = 0; k < CP_DEPTH; k++) {
 			u64 top;
 
@@ -388,7 +454,7 @@ static __always_inline int stack_entry(struct tstate *st, u32 id, int match, int
 	if (keep) {
 		note_child(st, (int)d - 1, id + 1);
 		if (entry_only && d < CP_DEPTH)  /* an inline site: a leaf counted at its entry */
-			count_path(intern_path(parent_path(st, d), id), 0, 0);
+			count_path(intern_path(parent_path(st, d), id), id, 0, 0, 0);
 	}
 #endif
 	if (entry_only)
@@ -427,7 +493,7 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 	}
 	if (d > CP_DEPTH)
 		d = CP_DEPTH;
-#pragma unroll
+#pragma nounroll
 	for (int k = 0; k < CP_DEPTH; k++) {  /* the top frame, usually */
 		int i = (int)d - 1 - k;
 
@@ -447,7 +513,7 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 #endif
 	}
 	/* frames above the matched one lost their return: dropped, uncounted */
-#pragma unroll
+#pragma nounroll
 	for (int k = 1; k < CP_DEPTH; k++) {
 		if (found + k >= (int)d)
 			break;
@@ -455,17 +521,9 @@ static __always_inline int stack_return(struct tstate *st, u32 id)
 	}
 	keep = (st->keep >> (found & 31)) & 1;
 #if CALLPATH_AGGREGATE
-	if (keep) {
-		u64 ns = bpf_ktime_get_ns() - st->t0[slot_of(found)];
-		u64 seq = st->seq[slot_of(found)];
-		u32 b = ns ? bpf_log2l(ns) : 0, path = st->path[slot_of(found)];
-
-		count_path(path, ns, seq);
-		if (b >= CP_BUCKETS)
-			b = CP_BUCKETS - 1;
-		if (id < CALLPATH_MAX_FUNCS)
-			count_hist(id * CP_BUCKETS + b);
-	}
+	if (keep)
+		count_path(st->path[slot_of(found)], id, bpf_ktime_get_ns() - st->t0[slot_of(found)],
+			   st->seq[slot_of(found)], 1);
 #endif
 	st->ids[slot_of(found)] = 0;
 	st->depth = found;

@@ -10,7 +10,10 @@ frame closes with its own return:
   same path (two CPUs interned it at once) and are merged here;
 * ``path_stats`` (per-CPU array by path id: plain adds, summed here): calls and
   summed duration (ns) of frames that closed on that path, and the first child
-  order (``seq``, as in ``orders``) that CPU saw for the path with its calls.
+  order (``seq``, as in ``orders``) that CPU saw for the path with its calls,
+  and a window of ``WINDOW`` log2 latency buckets of its last function:
+  ``lat[i]`` returns whose duration fell in bucket ``lat_base - 1 + i`` (see
+  ``hist``; ``lat_base`` 0: none yet; set on that CPU's first timed return).
   An inline site (entry-only kprobe) is counted at its entry as a leaf, duration 0;
 * ``path_next``: ids handed out so far, one counter (atomic fetch-and-add), or
   one per CPU (kernels without BPF atomic fetch: ids ``1 + cpu + ncpus * k``);
@@ -20,7 +23,9 @@ frame closes with its own return:
   CPU counts in ``path_stats`` (frames with fewer than two distinct probed
   children: none, since order is judged only among two or more);
 * ``hist``: per-CPU array, index ``func_id * 64 + b``: returns whose duration
-  fell in [2^b, 2^(b+1)) ns (b = 0 also holds 0 ns);
+  fell in [2^b, 2^(b+1)) ns (b = 0 also holds 0 ns) and outside their path's
+  window (or on a path the full table left uncounted); a function's histogram
+  is this plus the windows of every path ending in it;
 * ``agg_err``: per-CPU counters: [0] entries beyond the depth limit (not
   pushed), [1] returns of a function not on the stack (dropped), [2] calls (or
   child orders) not counted because the path table (``PATHS`` ids) or ``orders`` was full, [3] open
@@ -33,6 +38,8 @@ from __future__ import annotations
 import ctypes
 
 BUCKETS = 64
+#: Latency buckets counted in place per path (CP_WINDOW in bpf/callpath_stack.h).
+WINDOW = 8
 DEPTH = 16
 #: Path ids in the kernel's path table, the empty path (0) included (CP_PATHS, set by probes/loader.py).
 PATHS = 8192
@@ -109,6 +116,7 @@ def read_aggregate(bpf, func_ids) -> dict:
     resolved = _resolve(info)
     counted: dict[tuple, list[int]] = {}
     orders: dict[tuple, int] = {}
+    lat: dict[tuple[int, int], int] = {}  # (func id, bucket) -> returns
     for pid, ids in resolved.items():
         if not ids:
             continue
@@ -123,6 +131,11 @@ def read_aggregate(bpf, func_ids) -> dict:
             if int(cpu.seq_calls):
                 key = (tuple(ids), tuple(_children(int(cpu.seq))))
                 orders[key] = orders.get(key, 0) + int(cpu.seq_calls)
+            base = int(cpu.lat_base) - 1
+            for i in range(WINDOW) if base >= 0 else ():
+                if int(cpu.lat[i]) and base + i < BUCKETS:
+                    key = (ids[-1], base + i)
+                    lat[key] = lat.get(key, 0) + int(cpu.lat[i])
     paths = [{"ids": list(k), "calls": c, "sum_ns": ns} for k, (c, ns) in counted.items()]
     for k, v in bpf["orders"].items():
         parent = resolved.get(int(k.path))
@@ -134,7 +147,7 @@ def read_aggregate(bpf, func_ids) -> dict:
     hist = []
     for fid in sorted({int(f) for f in func_ids if f is not None}):
         for b in range(BUCKETS):
-            n = sum(int(x) for x in hist_map[ctypes.c_int(fid * BUCKETS + b)])
+            n = sum(int(x) for x in hist_map[ctypes.c_int(fid * BUCKETS + b)]) + lat.pop((fid, b), 0)
             if n:
                 hist.append({"func_id": fid, "bucket": b, "count": n})
     err = bpf["agg_err"]

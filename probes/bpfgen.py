@@ -47,7 +47,7 @@ def _handlers(fp) -> str:
     return (f"/* {fp.name} ({f['btf_module']}, BTF id {f['btf_id']}, {nargs} args) */\n"
             f"int {entry}(unsigned long long *ctx) {{ {pre} return handle({fp.func_id}, CALLPATH_EVENT_ENTRY, "
             f"{skb}, {dev}, 0, 0, stack_addr(ctx)); }}\n"
-            f"int {ret}(unsigned long long *ctx) {{ return handle({fp.func_id}, CALLPATH_EVENT_RETURN, 0, 0, {rv}, 0, 0); }}\n")
+            f"int {ret}(unsigned long long *ctx) {{ return handle({fp.func_id}, CALLPATH_EVENT_RETURN, 0, 0, {rv}, 0, stack_addr(ctx)); }}\n")
 
 
 def program_text(plan, probes: str = "auto") -> str:

@@ -132,6 +132,7 @@ class Recorder:
         self.filters = filters or Filters()
         self.aggregate_mode = aggregate
         self.sink = sink
+        self._out: np.ndarray | None = None  # the batch buffer of a sink that borrows batches
         self.batch_events = batch_events
         self.rows: list[tuple] = []
         self.events = 0
@@ -377,7 +378,9 @@ class Recorder:
     def _drain(self) -> int:
         """One pass over the ring buffer; returns the events delivered."""
         if self._ring is not None:
-            batch = self._ring.read(self.batch_events)
+            if self._out is None and getattr(self.sink, "borrows_batches", False):
+                self._out = np.empty(self.batch_events, dtype=EVENT_DTYPE)  # reused for every batch
+            batch = self._ring.read(self.batch_events, out=self._out)
             if len(batch):
                 self._deliver(batch)
             return len(batch)

@@ -65,11 +65,16 @@ class RingReader:
         """(consumer, producer) positions in bytes since the map was created."""
         return struct.unpack_from("<Q", self._cons, 0)[0], struct.unpack_from("<Q", self._prod, 0)[0]
 
-    def read(self, max_events: int = 1 << 16) -> np.ndarray:
+    def read(self, max_events: int = 1 << 16, out: np.ndarray | None = None) -> np.ndarray:
         """Copy out the records that are complete, up to ``max_events``; advance the consumer.
 
         Returns a structured array (``EVENT_DTYPE``), possibly empty. A record still
         being written (BUSY) ends the batch; discarded records are skipped.
+
+        ``out``: an ``EVENT_DTYPE`` array of at least ``max_events`` rows to copy into
+        (the result is then a view of it, valid until ``out`` is reused): no new
+        memory per batch. Without it each batch is a new array. Either way the
+        records are copied once, straight from the mapped ring buffer.
 
         Raises:
             RingError: a record of another size: not callpath's ring buffer.
@@ -92,10 +97,16 @@ class RingReader:
             raise RingError(f"ring buffer record of {int(lengths[lengths != EVENT_DTYPE.itemsize][0])} bytes, "
                             f"expected {EVENT_DTYPE.itemsize}")
         keep = (hdr & DISCARD) == 0
-        out = chunk[:, HDR:HDR + EVENT_DTYPE.itemsize]
-        out = (out[keep] if not keep.all() else out).copy().view(EVENT_DTYPE).ravel()
+        records = chunk[:, HDR:HDR + EVENT_DTYPE.itemsize].view(EVENT_DTYPE)[:, 0]  # a view of the ring
+        if not keep.all():
+            records = records[keep]
+        if out is None:
+            batch = records.copy()
+        else:
+            batch = out[:len(records)]
+            batch[...] = records
         struct.pack_into("<Q", self._cons, 0, cons + n * self.slot)  # frees the space for the kernel
-        return out
+        return batch
 
     def close(self) -> None:
         self._data = None

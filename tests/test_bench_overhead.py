@@ -144,7 +144,9 @@ def test_ablations_apply_to_the_program_as_it_is_and_refuse_a_drifted_one():
         ablation.ablated_source("aggregate-noclock", src.replace("st->t0[slot_of(d)] = bpf_ktime_get_ns();", ""))
 
 
-def test_an_ablation_compiles_the_patched_text_and_puts_the_program_back(monkeypatch):
+def _seen_program(monkeypatch):
+    """Make bench.run_callpath record the variant it was asked for and the program text it
+    would compile; returns (seen dict, the original bpfgen.program_source)."""
     from callpath.probes import bpfgen
 
     seen = {}
@@ -153,8 +155,27 @@ def test_an_ablation_compiles_the_patched_text_and_puts_the_program_back(monkeyp
         seen["variant"], seen["text"] = variant, bpfgen.program_source()
         return {"recv_pps": 1}
 
-    original = bpfgen.program_source
     monkeypatch.setattr(bench, "run_callpath", fake_run)
+    return seen, bpfgen.program_source
+
+
+def test_an_ablation_compiles_the_patched_text_and_puts_the_program_back(monkeypatch):
+    from callpath.probes import bpfgen
+
+    seen, original = _seen_program(monkeypatch)
     assert bench.run_variant("aggregate-nopath", SimpleNamespace(), None, None, print) == {"recv_pps": 1}
     assert seen["variant"] == "aggregate" and "if (ns != 0x5eed)" in seen["text"]
     assert bpfgen.program_source is original
+
+
+def test_a_candidate_program_file_is_a_variant_and_compiles_from_its_text(monkeypatch, tmp_path, capsys):
+    from callpath.probes import bpfgen
+
+    cand = tmp_path / "cand.c"
+    cand.write_text("/* candidate */")
+    seen, original = _seen_program(monkeypatch)
+    assert bench.run_variant(f"aggregate@{cand}", SimpleNamespace(), None, None, print) == {"recv_pps": 1}
+    assert seen == {"variant": "aggregate", "text": "/* candidate */"} and bpfgen.program_source is original
+    with pytest.raises(SystemExit):  # a file that is not there is refused before any boot
+        bench.main(["--variants", f"none,aggregate@{tmp_path / 'missing.c'}"])
+    assert "aggregate@FILE" in capsys.readouterr().err

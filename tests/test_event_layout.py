@@ -89,7 +89,7 @@ def test_program_source_pastes_the_folders_own_headers_and_keeps_the_kernels(tmp
 
     text = bpfdir.program_source()
     assert '#include "callpath_stack.h"' not in text and '#include "callpath_event.h"' not in text
-    assert "struct tstate *thread_state(void)" in text and "struct callpath_event {" in text
+    assert "struct tstate *thread_state(u64 sp)" in text and "struct callpath_event {" in text
     assert "#include <uapi/linux/ptrace.h>" in text
     # a cycle is refused, not followed for ever
     (tmp_path / "a.h").write_text('#include "b.h"\n')

@@ -174,6 +174,16 @@ def test_fentry_kprobe_and_counting_give_the_same_verdicts(lab_run):
     assert all(reason for probe, reason in probes_a.values() if probe == "kprobe"), probes_a
     assert all(f.get("probe") in (None, "kprobe", "inline-site") for f in meta_c["plan"]["functions"].values())
     assert meta_d.get("mode") == "aggregate" and meta_d["aggregate"]["paths"], meta_d.get("mode")
+    # every timed return is in its function's log2 histogram, whether counted in its path's window
+    # of buckets or in the per-function map (bpf/callpath_stack.h count_path)
+    agg, plan_d = meta_d["aggregate"], meta_d["plan"]["functions"]
+    calls, in_hist = {}, {}
+    for p in agg["paths"]:
+        calls[p["path"][-1]] = calls.get(p["path"][-1], 0) + p["calls"]
+    for h in agg["hist"]:
+        in_hist[h["function"]] = in_hist.get(h["function"], 0) + h["count"]
+    timed = {f for f in calls if not plan_d.get(f, {}).get("inline_sites")}
+    assert agg["map_full"] == 0 and in_hist and all(in_hist.get(f, 0) == calls[f] for f in timed), (calls, in_hist)
 
 
 def test_device_filter_drops_other_devices_in_the_kernel(lab_run):

@@ -71,6 +71,56 @@ def test_many_batches_one_readable_trace(tmp_path):
     assert max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 1000
 
 
+def test_stream_is_done_with_a_batch_when_it_returns(tmp_path):
+    """TraceStream borrows batches: the recorder hands every batch over in one reused buffer,
+    overwritten as soon as the sink returns; the trace still holds each batch as it was."""
+    assert TraceStream.borrows_batches
+    s = TraceStream(tmp_path / "t.parquet", names=_plan().slot_names(), mechanism=_plan(), batch_rows=500)
+    buf = np.zeros(700, EVENT_DTYPE)
+    ts = 0
+    for n in (700, 3, 650):
+        buf[:n] = _batch(n, ts)
+        s(buf[:n])
+        buf["ts_ns"] = 0  # the next read overwrites the buffer
+        ts += n
+    t = read_trace(s.close({"kernel": "6.1.0-test", "lost": 0, "mode": "events"}))
+    assert (t.events["ts_ns"].to_numpy() == np.arange(ts)).all()
+
+
+class _FakeRing:
+    """RingReader stand-in: notes the buffer each read is asked to fill."""
+
+    def __init__(self):
+        self.outs = []
+
+    def read(self, max_events, out=None):
+        self.outs.append(out)
+        return _batch(3) if out is None else out[:3]
+
+
+@pytest.mark.parametrize("borrows", [True, False])
+def test_recorder_reuses_one_batch_buffer_only_for_a_sink_that_borrows_batches(borrows):
+    from callpath.probes.loader import Recorder
+
+    got = []
+
+    class Sink:
+        borrows_batches = borrows
+
+        def __call__(self, batch):
+            got.append(batch)
+
+    rec = Recorder(_plan(), sink=Sink(), batch_events=1000)
+    rec._ring = _FakeRing()
+    assert rec._drain() == 3 and rec._drain() == 3 and rec.events == 6
+    outs = rec._ring.outs
+    if borrows:
+        assert outs[0] is outs[1] and len(outs[0]) == 1000 and outs[0].dtype == EVENT_DTYPE
+        assert np.shares_memory(got[0], got[1])
+    else:  # a sink that keeps its batches (a list in memory) gets a new array each time
+        assert outs == [None, None] and not np.shares_memory(got[0], got[1])
+
+
 def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path):
     """A stalled converter (SIGSTOP): the sink keeps appending to the spool on disk (never waits,
     so the ring buffer keeps draining); the converter holds at most batch_rows events; converted
@@ -79,7 +129,7 @@ def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path):
     import signal
     import time
 
-    s = TraceStream(tmp_path / "t.parquet", batch_rows=100)
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, backlog_bytes=0)  # each segment to the converter
     s.segment_bytes = 150 * EVENT_DTYPE.itemsize  # a new segment every ~2 batches
     os.kill(s.converter_pid, signal.SIGSTOP)
     try:
@@ -97,6 +147,31 @@ def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path):
     ev = read_trace(tmp_path / "t.parquet").events
     assert len(ev) == 500 and list(ev["seq"]) == list(range(500))
     assert (ev["ts_ns"].diff().dropna() >= 0).all()
+
+
+def test_full_segments_wait_until_the_backlog_is_exceeded_then_the_oldest_is_converted(tmp_path):
+    """A burst under the backlog costs no conversion during the run; past it, the oldest
+    segments go to the converter while the newest wait; close converts the rest, in order."""
+    import time
+
+    seg = 100 * EVENT_DTYPE.itemsize
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, backlog_bytes=int(2.5 * seg))
+    s.segment_bytes = seg  # every batch of 100 fills a segment
+    for i in range(2):
+        s(_batch(100, start_ts=i * 100))
+    time.sleep(0.5)
+    assert s.written == 0 and len(list(tmp_path.glob(".t.parquet.spool-*"))) == 2  # all waiting
+    for i in range(2, 5):
+        s(_batch(100, start_ts=i * 100))
+    for _ in range(500):  # 5 segments, 2.5 may wait: the 3 oldest are converted during the run
+        if s.written == 300:
+            break
+        time.sleep(0.01)
+    assert s.written == 300 and len(list(tmp_path.glob(".t.parquet.spool-*"))) == 2
+    s.close({"kernel": "k", "lost": 0})
+    ev = read_trace(tmp_path / "t.parquet").events
+    assert list(ev["seq"]) == list(range(500)) and list(ev["ts_ns"]) == list(range(500))
+    assert not list(tmp_path.glob(".t.parquet.spool-*"))
 
 
 def test_converter_is_a_niced_process_of_its_own_and_goes_away(tmp_path):
@@ -158,7 +233,7 @@ def test_write_failure_surfaces_in_sink_and_close(tmp_path):
     import signal
     import time
 
-    s = TraceStream(tmp_path / "t.parquet", batch_rows=10)
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=10, backlog_bytes=0)
     s.segment_bytes = 1  # every batch is a segment of its own: handed over at once
     os.kill(s.converter_pid, signal.SIGSTOP)
     s(_batch(10))
