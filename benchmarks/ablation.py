@@ -4,7 +4,7 @@ Each ablation is callpath's program text (``callpath.bpf.program_source``) with
 exact replacements, compiled and attached as the loader does it, so a flood
 with it measures the program less that part:
 
-  aggregate-empty     handle() returns at once: the fentry/fexit trampolines,
+  aggregate-empty     handle_dev() returns at once: the fentry/fexit trampolines,
                       kprobes and tail calls alone
   aggregate-state     handle() finds the thread's stack (thread_state) and returns:
                       the per-CPU lookup and thread check, no push or pop
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 #: ablation -> [(text in the program, replacement)]
 ABLATIONS: dict[str, list[tuple[str, str]]] = {
-    "aggregate-empty": [("\tstruct devinfo d = {};\n\tint keep = 1;\n",
-                         "\tstruct devinfo d = {};\n\tint keep = 1;\n\tif (CALLPATH_AGGREGATE)\n\t\treturn 0;\n")],
+    "aggregate-empty": [("\tstruct devinfo d = *dev;\n\tint keep = 1;\n",
+                         "\tstruct devinfo d = *dev;\n\tint keep = 1;\n\tif (CALLPATH_AGGREGATE)\n\t\treturn 0;\n")],
     "aggregate-state": [("\t\tst->busy++;\n", "\t\tst->busy++;\n\t\tif (CALLPATH_AGGREGATE) {\n\t\t\tst->busy--;\n"
                          "\t\t\treturn 0;\n\t\t}\n")],
     "aggregate-noclock": [("st->t0[slot_of(d)] = bpf_ktime_get_ns();", "st->t0[slot_of(d)] = 0;"),

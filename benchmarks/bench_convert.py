@@ -1,7 +1,7 @@
 """Benchmark: the trace converter (probes/convert.py), raw spool records -> Parquet. Prints figures.
 
 The records are the real lab fixture's (tests/fixtures/lab-6.1.0-56-amd64-all-paths.parquet,
-recorded on Debian 6.1.0-56-amd64) turned back into the ring buffer's 72-byte
+recorded on Debian 6.1.0-56-amd64) turned back into the ring buffer's 40-byte
 records and replicated end to end in time to ``--events`` (each replica with
 later timestamps and its own skb addresses, as a longer run would have). One
 spool segment of them is converted with callpath's Parquet settings and with
@@ -35,26 +35,29 @@ from callpath.probes.event import EVENT_DTYPE  # noqa: E402
 FIXTURE = ROOT / "tests" / "fixtures" / "lab-6.1.0-56-amd64-all-paths.parquet"
 
 
-def records(n: int) -> tuple[np.ndarray, dict[int, str]]:
-    """``n`` EVENT_DTYPE records replicated from the fixture, and func_id -> name."""
+def records(n: int) -> tuple[np.ndarray, dict[int, str], dict[int, bytes]]:
+    """``n`` EVENT_DTYPE records replicated from the fixture, func_id -> name and tid -> comm."""
     import pyarrow.parquet as pq
 
     df = pq.read_table(FIXTURE).to_pandas()
     base = np.zeros(len(df), EVENT_DTYPE)
-    for f in ("ts_ns", "kind", "func_id", "tid", "tgid", "cpu", "skb", "ifindex", "netns", "retval"):
+    for f in ("ts_ns", "kind", "func_id", "tid", "tgid", "cpu", "ifindex", "netns"):
         base[f] = df[f].to_numpy()
-    base["comm"] = [str(c).encode()[:15] for c in df["comm"]]
+    ret = df["kind"].to_numpy() == 1  # an entry's arg is its skb, a return's its return value
+    base["arg"] = np.where(ret, df["retval"].to_numpy().astype(np.int64).view(np.uint64), df["skb"].to_numpy())
     names = dict(zip(df["func_id"].astype(int), df["function"].astype(str)))
+    comms = {int(t): str(c).encode()[:15] for t, c in zip(df["tid"], df["comm"])}
     reps = -(-n // len(base))
     span = int(base["ts_ns"].max() - base["ts_ns"].min()) + 1
     out = np.concatenate([base] * reps)[:n]
     r = np.repeat(np.arange(reps, dtype=np.uint64), len(base))[:n]
     out["ts_ns"] += r * np.uint64(span)
-    out["skb"] = np.where(out["skb"] != 0, out["skb"] + r * np.uint64(1 << 20), 0)
-    return out, names
+    skb = (out["kind"] == 0) & (out["arg"] != 0)
+    out["arg"] = np.where(skb, out["arg"] + r * np.uint64(1 << 20), out["arg"])
+    return out, names, comms
 
 
-def run(label: str, seg: Path, names: dict[int, str], out: Path, n: int, dictionary, deltas) -> None:
+def run(label: str, seg: Path, names: dict[int, str], out: Path, n: int, dictionary, deltas, comms=None) -> None:
     saved = convert.DICT_COLUMNS, convert.DELTA_COLUMNS
     convert.DICT_COLUMNS, convert.DELTA_COLUMNS = dictionary, deltas
     try:
@@ -62,7 +65,7 @@ def run(label: str, seg: Path, names: dict[int, str], out: Path, n: int, diction
     finally:
         convert.DICT_COLUMNS, convert.DELTA_COLUMNS = saved
     t0 = time.perf_counter()
-    c.segment(seg, 0, {f: "fentry" for f in names})
+    c.segment(seg, 0, {f: "fentry" for f in names}, comms=comms)
     c.close("{}")
     dt = time.perf_counter() - t0
     print(f"{label:44s} {n / dt:12,.0f} events/s {out.stat().st_size / n:7.2f} bytes/event", flush=True)
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=float, default=1e6, help="events to convert (default 1e6)")
     args = ap.parse_args(argv)
     n = int(args.events)
-    recs, names = records(n)
+    recs, names, comms = records(n)
     print(f"load average {os.getloadavg()[0]:.2f}; {n:,} events from {FIXTURE.name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="callpath-bench-") as tmp:
         seg = Path(tmp) / "seg"
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
         for label, dictionary, deltas in (("callpath (dictionary where it pays, deltas)", convert.DICT_COLUMNS,
                                            convert.DELTA_COLUMNS),
                                           ("Parquet defaults (zstd, dictionary everywhere)", True, None)):
-            run(label, seg, names, Path(tmp) / "t.parquet", n, dictionary, deltas)
+            run(label, seg, names, Path(tmp) / "t.parquet", n, dictionary, deltas, comms)
     return 0
 
 

@@ -18,6 +18,11 @@ received packets/s is kept):
              Parquet after the run, so the run spends no CPU on Parquet
   fentry-drain  as fentry, the sink only counts what the ring buffer gives: the cost of the
              probes and the drain alone (no file)
+  fentry-spool  as fentry-drain, the sink appending each batch to one file beside where the
+             trace would be, as the spool does, with no converter process: the write alone
+  fentry-devnull  as fentry-spool, into /dev/null: the write(2) calls without the page cache
+  fentry-helper-reads  as fentry, with the device facts of fentry entries read by
+             bpf_probe_read_kernel (CALLPATH_DIRECT_LOADS=0) instead of plain BTF-typed loads
   aggregate  callpath counting mode (aggregate=True): no events streamed
   aggregate-empty, aggregate-state, aggregate-noclock, aggregate-nopath
              counting mode less a part of its BPF body (benchmarks/ablation.py): where its cost goes
@@ -68,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bpfstats  # noqa: E402
 from ablation import ABLATIONS, ablated_source  # noqa: E402
 from inlab import run_inside_lab, show  # noqa: E402
+from perfprofile import profiled  # noqa: E402
 from overhead_flood import flood, macvlan_pair  # noqa: E402
 
 from callpath.probes import kernel, runstate  # noqa: E402
@@ -79,7 +85,8 @@ from callpath.probes import kernel, runstate  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-busy", "fentry-after", "fentry-drain", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool", "fentry-devnull",
+            "fentry-helper-reads", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,17 +110,47 @@ def symbols(plan) -> list[str]:
             and fp.status != "module-not-loaded"]
 
 
-def measure(socks, args) -> dict:
-    """A warm-up flood, then ``args.repeat`` floods; the median one by received packets/s."""
+#: /proc/vmstat counters of page reclaim (mm/vmstat.c): pages scanned and taken back by kswapd
+#: and by allocating tasks themselves, and the times a task had to reclaim before it could allocate
+RECLAIM_COUNTERS = ("pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct", "allocstall_normal")
+
+
+def memory_state() -> dict[str, int]:
+    """/proc/meminfo (kB) and /proc/vmstat counters in one dict; empty where unreadable."""
+    out: dict[str, int] = {}
+    for path, unit in (("/proc/meminfo", "kB"), ("/proc/vmstat", "")):
+        try:
+            for line in Path(path).read_text().splitlines():
+                parts = line.replace(":", " ").split()
+                if len(parts) >= 2 and parts[1].isdigit():
+                    out[parts[0]] = int(parts[1])
+        except OSError:
+            pass
+    return out
+
+
+def measure(socks, args, neighbour: bool = False) -> dict:
+    """A warm-up flood, then ``args.repeat`` floods; the median one by received packets/s.
+
+    With ``args.perf`` (and not ``neighbour``: a no-probe flood measured for a ratio) the
+    measured floods run under ``perf record -a`` and the row gets ``profile`` lines. ``memory``:
+    free memory (MiB) before and after the measured floods, and the page-reclaim counters
+    over them (:data:`RECLAIM_COUNTERS`, pages or times)."""
     flood(*socks, args.warmup)
     stats = bpfstats.snapshot() if getattr(args, "bpf_stats", False) else None
-    runs = [flood(*socks, args.packets) for _ in range(args.repeat)]
+    mem0 = memory_state()
+    prof: dict = {}
+    with profiled(prof, getattr(args, "perf", False) and not neighbour):
+        runs = [flood(*socks, args.packets) for _ in range(args.repeat)]
     best = sorted(runs, key=lambda r: r.recv_pps)[len(runs) // 2]
-    row = {"sent_pps": round(best.sent_pps), "recv_pps": round(best.recv_pps), "sent": best.sent,
+    row = {**prof, "sent_pps": round(best.sent_pps), "recv_pps": round(best.recv_pps), "sent": best.sent,
            "received": best.received, "send_errors": best.errors,
            "recv_pps_all": [round(r.recv_pps) for r in runs]}
     if stats is not None:  # over all measured floods: BPF program runs and ns in them
         row.update(bpfstats.delta(stats, bpfstats.snapshot()))
+    mem1 = memory_state()
+    row["memory"] = {"free_mib_before": mem0.get("MemFree", 0) >> 10, "free_mib_after": mem1.get("MemFree", 0) >> 10,
+                     **{k: mem1.get(k, 0) - mem0.get(k, 0) for k in RECLAIM_COUNTERS}}
     return row
 
 
@@ -124,7 +161,7 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
     events go through the same streaming Parquet writer (probes/stream.py) to a scratch file."""
     import tempfile
 
-    from callpath.probes.loader import Recorder
+    from callpath.probes.loader import Recorder, bpf_cflags
     from callpath.probes.stream import TraceStream
 
     kwargs: dict = {"probes": "kprobe" if variant == "kprobe" else "auto"}
@@ -134,13 +171,18 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
         kwargs["aggregate"] = True
     elif variant == "fentry-drain":
         kwargs["sink"] = lambda batch: None  # Recorder counts the events it hands over
+    elif variant in ("fentry-spool", "fentry-devnull"):
+        kwargs["sink"] = FileSink(os.devnull if variant == "fentry-devnull" else Path(scratch.name) / "spool")
     else:
         stream = TraceStream(Path(scratch.name) / "trace.parquet", plan.slot_names(), plan,
                              convert_during=variant != "fentry-after",
                              **({"backlog_bytes": 0} if variant == "fentry-busy" else {}))
         kwargs["sink"] = stream
     try:
-        with Recorder(plan, progress=progress, **kwargs) as rec:
+        rec = Recorder(plan, progress=progress, **kwargs)
+        if variant == "fentry-helper-reads":
+            rec.cflags = lambda: bpf_cflags(rec.ringbuf_pages, plan.fields) + ["-DCALLPATH_DIRECT_LOADS=0"]
+        with rec:
             t0 = time.monotonic()
             row = measure(socks, args)
         seconds = time.monotonic() - t0
@@ -163,6 +205,23 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
             probes[fp.probe] = probes.get(fp.probe, 0) + 1
     row["mechanisms"] = probes
     return row
+
+
+class FileSink:
+    """A Recorder sink that appends each batch's raw records to one file (unbuffered), as
+    probes/stream.py's spool does, and nothing else (no converter)."""
+
+    borrows_batches = True
+
+    def __init__(self, path):
+        self.fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed with the scratch directory
+
+    def __call__(self, batch) -> None:
+        import numpy as np
+
+        from callpath.probes.stream import _write_all
+
+        _write_all(self.fh, np.ascontiguousarray(batch).view(np.uint8))
 
 
 # -- bpftrace --------------------------------------------------------------
@@ -334,7 +393,8 @@ def inside(args) -> dict:
     specs = read_specs(args.spec)
     syms = kernel.load_symbols()
     index = index_or_none(kernel.kernel_release(), progress)
-    result = {"kernel": kernel.kernel_release(), "packets": args.packets, "warmup": args.warmup,
+    result = {"kernel": kernel.kernel_release(), "mem_total_mib": memory_state().get("MemTotal", 0) >> 10,
+              "packets": args.packets, "warmup": args.warmup,
               "repeat": args.repeat, "rounds": args.rounds, "variants": {}}
     stats_fd = None
     if args.bpf_stats:
@@ -359,12 +419,14 @@ def inside(args) -> dict:
                     progress(f"-- {v}" + (f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else ""))
                     if v in ("none", "none-after"):
                         result["variants"][v] = measure(socks, args)
+                        for line in result["variants"][v].get("profile", []):
+                            progress(f"   perf: {line}")
                         continue
                     if before is None:
-                        before = measure(socks, args)["recv_pps"]
+                        before = measure(socks, args, neighbour=True)["recv_pps"]
                     row = run_variant(v, plan, socks, args, progress)
                     # the no-probe flood after it is the next variant's "before"
-                    after = measure(socks, args)["recv_pps"]
+                    after = measure(socks, args, neighbour=True)["recv_pps"]
                     row["neighbours_recv_pps"] = [before, after]
                     progress(f"   no-probe floods around it: {before:,} and {after:,} received/s")
                     before = after
@@ -372,7 +434,11 @@ def inside(args) -> dict:
                     if "recv_pps" in row and sum(row["neighbours_recv_pps"]):
                         first.setdefault("rounds_ratio_nb", []).append(
                             round(row["recv_pps"] / (sum(row["neighbours_recv_pps"]) / 2), 3))
-                    progress(f"   {json.dumps(row)[:300]}")
+                    progress(f"   {json.dumps({k: x for k, x in row.items() if k not in ('profile', 'memory')})[:300]}")
+                    if "memory" in row:
+                        progress(f"   memory: {json.dumps(row['memory'])}")
+                    for line in row.get("profile", []):
+                        progress(f"   perf: {line}")
     finally:  # statistics go off with their fd
         if stats_fd is not None:
             os.close(stats_fd)
@@ -383,7 +449,8 @@ def table(result: dict) -> str:
     """The side-by-side table (Markdown)."""
     base = (result["variants"].get("none") or {}).get("recv_pps")
     stats = result.get("bpf_stats", False)
-    out = [f"kernel {result['kernel']}, {result['functions']} functions, {result['packets']} datagrams "
+    out = [f"kernel {result['kernel']}" + (f" ({result['mem_total_mib']:,} MiB of memory)" if result.get("mem_total_mib")
+                                            else "") + f", {result['functions']} functions, {result['packets']} datagrams "
            f"per flood (median of {result['repeat']}); ratio: to `none`; neighbours: to the mean of the "
            "no-probe floods measured just before and just after the variant"
            + (f"; {result['rounds']} rounds of every probed variant, in turn: the median round, then each"
@@ -426,9 +493,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tcg-threads", choices=["multi", "single"], default="multi",
                     help="QEMU TCG threading of the lab VM (default multi: a host thread per vCPU, as the README's "
                     "table was measured; callpath's lab runs use single, see probes/labvm.py)")
+    ap.add_argument("--memory", default="2G",
+                    help="the lab VM's memory (vng --memory; default 2G, as every table in the README was measured)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="turn on BPF run-time statistics (BPF_ENABLE_STATS) and add each variant's BPF program "
                     "runs and ns per run (bodies only, no kprobe or trampoline around them; slows every program)")
+    ap.add_argument("--perf", action="store_true",
+                    help="profile each variant's measured floods with `perf record -a -e cpu-clock` and print the "
+                    "heaviest command/DSO/symbol lines (benchmarks/perfprofile.py); sampling slows every variant a little")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
@@ -449,12 +521,13 @@ def main(argv=None) -> int:
                 "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--rounds", str(args.rounds),
                 "--variants", ",".join(args.variants), "--json", str(stage / "overhead.json")]
         argv += ["--bpf-stats"] if args.bpf_stats else []
+        argv += ["--perf"] if args.perf else []
         for staged in _stage_specs(expand_spec_args(args.spec), stage):
             argv += ["--spec", str(staged)]
         return argv
 
     rc, result = run_inside_lab(inner, "overhead.json", args.kernel, append=args.append or None,
-                                tcg_threads=args.tcg_threads)
+                                tcg_threads=args.tcg_threads, memory=args.memory)
     return show("bench_overhead", rc, result, args.json, table)
 
 

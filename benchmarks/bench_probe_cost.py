@@ -15,7 +15,7 @@ fentry+fexit). Programs:
   in a per-CPU array, and in task storage (BPF_MAP_TYPE_TASK_STORAGE);
   and callpath's own program (bpf/callpath.bpf.c) with one fentry/fexit pair on
   the target, counting (``--aggregate``: one frame deep, one path) and streaming
-  (one 72-byte ring-buffer record per hit into a 64 MiB ring buffer that holds
+  (one 40-byte ring-buffer record per hit into a 64 MiB ring buffer that holds
   every record of the row, so none is lost and nothing drains it meanwhile).
 
 Pairs attach the same body at entry and at return. fentry/fexit programs are
@@ -95,7 +95,7 @@ CALLPATH_HANDLERS = r"""
 int cp_entry(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_ENTRY, 0, 0, 0, 0, stack_addr(ctx)); }
 int cp_exit(unsigned long long *ctx) { return handle(0, CALLPATH_EVENT_RETURN, 0, 0, 0, 0, stack_addr(ctx)); }
 """
-CALLPATH_RINGBUF_PAGES = 16384  # 64 MiB: 2 x 72 bytes x 250,000 calls of a row fit
+CALLPATH_RINGBUF_PAGES = 16384  # 64 MiB: 2 x 48 bytes (40 + header) x 250,000 calls of a row fit
 #: (row name, mechanism, body: one program for both ends or (entry, exit), program: plain|aggregate|stream)
 ROWS = [("nothing attached", None, None),
         ("kprobe, empty", "kprobe", "empty"), ("kprobe+kretprobe, empty", "kprobe-pair", "empty"),

@@ -52,6 +52,12 @@
 #ifndef CALLPATH_AGGREGATE
 #define CALLPATH_AGGREGATE 0
 #endif
+#ifndef CALLPATH_COMMS
+#define CALLPATH_COMMS 65536  /* threads whose names are kept (LRU) */
+#endif
+#ifndef CALLPATH_DIRECT_LOADS
+#define CALLPATH_DIRECT_LOADS 1  /* fentry: device facts by plain BTF-typed loads (fentry_dev) */
+#endif
 #ifndef CALLPATH_FILTER_TGID
 #define CALLPATH_FILTER_TGID 0
 #endif
@@ -90,6 +96,10 @@ BPF_PERCPU_ARRAY(lost, u64, 1);
 
 #if !CALLPATH_AGGREGATE
 BPF_RINGBUF_OUTPUT(events, CALLPATH_RINGBUF_PAGES);
+/* tid -> its name (task comm), read by user space at the end of each spool segment */
+BPF_TABLE("lru_hash", u32, struct callpath_comm, comms, CALLPATH_COMMS);
+/* [0] the thread whose name this CPU wrote last */
+BPF_PERCPU_ARRAY(comm_tid, u32, 1);
 #endif
 
 /* add one to a per-CPU counter (per-CPU slot: no atomic needed) */
@@ -135,6 +145,46 @@ static __always_inline void entry_dev(struct devinfo *d, u64 skb, u64 dev)
 		read_dev(d, dev);
 }
 
+/*
+ * The same facts for a fentry program, by plain loads: its arguments are
+ * pointers the verifier knows the BTF type of (PTR_TO_BTF_ID: btf_ctx_access
+ * in kernel/bpf/btf.c, 5.5+), and so are the pointers loaded through them
+ * (btf_struct_access); it turns each load into one that cannot fault
+ * (BPF_PROBE_MEM: a load whose fault is fixed up to 0), so no helper is
+ * called. skb and dev must come straight from the program's ctx, as typed
+ * arguments (struct sk_buff *, struct net_device *), never a value read with
+ * bpf_probe_read_kernel. CALLPATH_DIRECT_LOADS=0: the helper reads instead.
+ */
+#if CALLPATH_DIRECT_LOADS
+static __always_inline void direct_read_dev(struct devinfo *d, u64 dev)
+{
+	if (!dev)
+		return;
+#if CALLPATH_OFF_DEV_IFINDEX >= 0
+	d->ifindex = *(s32 *)(dev + CALLPATH_OFF_DEV_IFINDEX);
+#endif
+#if CALLPATH_OFF_DEV_NET >= 0 && CALLPATH_OFF_NET_INUM >= 0
+	{
+		u64 net = *(u64 *)(dev + CALLPATH_OFF_DEV_NET);
+		if (net)
+			d->netns = *(u32 *)(net + CALLPATH_OFF_NET_INUM);
+	}
+#endif
+}
+
+static __always_inline void fentry_dev(struct devinfo *d, u64 skb, u64 dev)
+{
+#if CALLPATH_OFF_SKB_DEV >= 0
+	if (skb)
+		direct_read_dev(d, *(u64 *)(skb + CALLPATH_OFF_SKB_DEV));
+#endif
+	if (dev && !d->ifindex)
+		direct_read_dev(d, dev);
+}
+#else
+#define fentry_dev entry_dev
+#endif
+
 /* -1: no device facts to judge by; 0: filtered out; 1: kept */
 static __always_inline int dev_match(struct devinfo *d)
 {
@@ -148,50 +198,70 @@ static __always_inline int dev_match(struct devinfo *d)
 }
 
 #if !CALLPATH_AGGREGATE
+/*
+ * The thread's name, into comms, when this CPU last wrote another thread's:
+ * one per-CPU lookup per entry instead of 16 bytes in every record. tid 0 (the
+ * idle task of each CPU) is named by user space: swapper/<cpu>
+ * (kernel/sched/core.c init_idle). A thread renamed while it keeps its CPU
+ * keeps its first name until another thread's entry runs there.
+ */
+static __always_inline void note_comm(u32 tid)
+{
+	u32 zero = 0;
+	u32 *last = comm_tid.lookup(&zero);
+	struct callpath_comm c = {};
+
+	if (!last || *last == tid || !tid)
+		return;
+	bpf_get_current_comm(&c.comm, sizeof(c.comm));
+	comms.update(&tid, &c);
+	*last = tid;
+}
+
 static __always_inline int emit(u32 id, u8 kind, u64 skb, struct devinfo *d, s64 retval)
 {
 	struct callpath_event *e;
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 
+	if (kind == CALLPATH_EVENT_ENTRY)
+		note_comm((u32)pid_tgid);
 	e = events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
 		count_lost();
 		return 0;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
+	e->arg = kind == CALLPATH_EVENT_ENTRY ? skb : (u64)retval;
 	e->tid = (u32)pid_tgid;
 	e->tgid = pid_tgid >> 32;
-	e->cpu = bpf_get_smp_processor_id();
-	e->func_id = id;
-	e->kind = kind;
-	e->skb = skb;
 	e->ifindex = d->ifindex;
 	e->netns = d->netns;
-	e->retval = retval;
-	if (kind == CALLPATH_EVENT_ENTRY)  /* a frame takes its entry's comm (analysis/calltree.py) */
-		bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	e->func_id = id;
+	e->cpu = bpf_get_smp_processor_id();
+	e->kind = kind;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
 	/* BPF_RB_NO_WAKEUP (1): no irq_work per event; user space polls (probes/ringread.py) */
 	events.ringbuf_submit(e, 1);
 	return 0;
 }
 #endif
 
-
 /*
  * Everything after the probe-specific part: filters, then stream or count.
  * skb/dev: the entry's struct sk_buff * and struct net_device * arguments (0 none).
  */
-static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval, int entry_only, u64 sp)
+/* counting without device filters needs no device facts */
+#define CALLPATH_NEED_DEV (!CALLPATH_AGGREGATE || CALLPATH_DEV_FILTER)
+
+/* handle() once the entry's device facts are in *dev (zero: none, and for returns) */
+static __always_inline int handle_dev(u32 id, u8 kind, u64 skb, struct devinfo *dev, s64 retval, int entry_only,
+				      u64 sp)
 {
-	struct devinfo d = {};
+	struct devinfo d = *dev;
 	int keep = 1;
 
 	if (CALLPATH_FILTER_TGID && (bpf_get_current_pid_tgid() >> 32) != CALLPATH_FILTER_TGID)
 		return 0;
-	/* counting without device filters needs no device facts */
-	if (kind == CALLPATH_EVENT_ENTRY && (!CALLPATH_AGGREGATE || CALLPATH_DEV_FILTER))
-		entry_dev(&d, skb, dev);
 #if CALLPATH_STACK
 	{
 		struct tstate *st = thread_state(sp);
@@ -214,6 +284,15 @@ static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval,
 		return 0;
 	return emit(id, kind, skb, &d, retval);
 #endif
+}
+
+static __always_inline int handle(u32 id, u8 kind, u64 skb, u64 dev, s64 retval, int entry_only, u64 sp)
+{
+	struct devinfo d = {};
+
+	if (kind == CALLPATH_EVENT_ENTRY && CALLPATH_NEED_DEV)
+		entry_dev(&d, skb, dev);
+	return handle_dev(id, kind, skb, &d, retval, entry_only, sp);
 }
 
 /*
@@ -318,6 +397,8 @@ SLOTS8(8) SLOTS8(9) SLOTS8(10) SLOTS8(11) SLOTS8(12) SLOTS8(13) SLOTS8(14) SLOTS
 /* ------------------------------------------------ fentry/fexit (generated) */
 /*
  * probes/bpfgen.py appends, per function taking fentry/fexit:
- *   int fentry_N(u64 *ctx) { return handle(N, ENTRY, <skb from ctx[i]>, <dev from ctx[j]>, 0, 0, stack_addr(ctx)); }
+ *   int fentry_N(u64 *ctx) { struct devinfo d = {}; <fentry_dev(&d, skb from ctx[i], dev from ctx[j])>;
+ *                            return handle_dev(N, ENTRY, skb, &d, 0, 0, stack_addr(ctx)); }
  *   int fexit_N(u64 *ctx)  { return handle(N, RETURN, 0, 0, <ctx[nargs] or 0>, 0, stack_addr(ctx)); }
+ * (an skb behind a struct sk_buff ** is read with the helper: entry_dev)
  */

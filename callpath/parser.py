@@ -65,7 +65,7 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
                    help="count calls, callers, sibling order and latency histograms in BPF maps instead of "
                    "streaming every event (long runs, busy hosts)")
     g.add_argument("--convert-after", action="store_true",
-                   help="keep raw events on disk (72 bytes each) during the run and write the Parquet trace "
+                   help="keep raw events on disk (40 bytes each) during the run and write the Parquet trace "
                    "after it: the run spends no CPU on Parquet (busy hosts; needs the disk space)")
     g.add_argument("--netns", metavar="NAME|PATH|INODE",
                    help="keep only events in this network namespace (a name under /run/netns, a path, or an inode)")

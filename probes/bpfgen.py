@@ -36,17 +36,21 @@ def _handlers(fp) -> str:
     entry, ret = fentry_names(fp.func_id)
     skb = dev = "0"
     pre = ""
+    read = "fentry_dev"  # plain loads through the typed arguments
     if fp.skb_arg and fp.skb_arg <= nargs:
         skb = "skb"
         pre = f"u64 skb = ctx[{fp.skb_arg - 1}];"
-        if fp.skb_depth == 2:
+        if fp.skb_depth == 2:  # the skb itself is read with the helper: no longer a typed pointer
             pre += " if (skb) bpf_probe_read_kernel(&skb, sizeof(skb), (void *)skb);"
+            read = "entry_dev"
     if fp.netdev_arg and fp.netdev_arg <= nargs:
         dev = f"ctx[{fp.netdev_arg - 1}]"
+    if skb != "0" or dev != "0":
+        pre += f" if (CALLPATH_NEED_DEV) {read}(&d, {skb}, {dev});"
     rv = f"(s64)ctx[{nargs}]" if f.get("returns") else "0"
     return (f"/* {fp.name} ({f['btf_module']}, BTF id {f['btf_id']}, {nargs} args) */\n"
-            f"int {entry}(unsigned long long *ctx) {{ {pre} return handle({fp.func_id}, CALLPATH_EVENT_ENTRY, "
-            f"{skb}, {dev}, 0, 0, stack_addr(ctx)); }}\n"
+            f"int {entry}(unsigned long long *ctx) {{ struct devinfo d = {{}}; {pre} "
+            f"return handle_dev({fp.func_id}, CALLPATH_EVENT_ENTRY, {skb}, &d, 0, 0, stack_addr(ctx)); }}\n"
             f"int {ret}(unsigned long long *ctx) {{ return handle({fp.func_id}, CALLPATH_EVENT_RETURN, 0, 0, {rv}, 0, stack_addr(ctx)); }}\n")
 
 

@@ -1,7 +1,7 @@
 """The trace converter process: spool segments of raw events -> Parquet row groups.
 
 :class:`probes.stream.TraceStream` (the recording process) appends the raw
-72-byte records the ring buffer hands over to spool segment files, and starts
+40-byte records the ring buffer hands over to spool segment files, and starts
 this module as a **process of its own** (``python -m callpath.probes.convert``,
 nice 19, a session of its own so a terminal's Ctrl-C reaches only the
 recorder, which then stops it). A separate process rather than a thread:
@@ -20,13 +20,17 @@ answers):
 request                                     answer
 ==========================================  =========================================
 ``("open", path, names, batch_rows)``       none, or ``("error", text)``
-``("segment", start, seg_path, mech)``      ``("progress", written, row_groups, peak)``
+``("segment", start, seg, mech, n, comms)``  ``("progress", written, row_groups, peak)``
 ``("rows", rows, mechanism, start)``        ``("progress", ...)``
 ``("close", meta_json_text)``               ``("done", written, row_groups, peak)``
 ==========================================  =========================================
 
 ``seg_path`` holds EVENT_DTYPE records numbered from ``start`` (``seq``); it is
-deleted once read, converted or not. ``mech`` maps func_id -> mechanism
+deleted once read, converted or not, in row groups of at most ``n`` events
+(smaller while the recording goes on: a smaller working set). ``comms`` maps
+tid -> thread name (bytes): the ``comms`` BPF map as the recorder read it when
+it handed the segment over (records carry no name: bpf/callpath_event.h), or
+None: the same as the last one sent. ``mech`` maps func_id -> mechanism
 (resolved by the recorder when it hands the segment over, after late modules
 attached), or is None: the same as the last one sent (requests stay small, so
 the pipe never fills and never blocks the recorder's poll thread). After a failure the converter answers ``("error",
@@ -46,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .event import EVENT_DTYPE
+from .event import EVENT_DTYPE, comm_name, split_arg
 
 #: Columns with Parquet statistics (min/max); the others skip them to keep the footer small.
 STAT_COLUMNS = ["seq", "ts_ns", "func_id"]
@@ -83,17 +87,24 @@ class Converter:
         self.names = dict(names)
         self.batch_rows = batch_rows
         self.written = self.row_groups = self.peak_buffered = 0
+        self.comms: dict[int, bytes] = {}  # tid -> thread name, as the recorder sent them
         # encodings measured on 1 M events (benchmarks/bench_convert.py): dictionary only where it pays
         # and deltas for seq/ts_ns write about 1.4x faster and a third of the bytes of Parquet's defaults
         self._writer = pq.ParquetWriter(Path(path), READ_SCHEMA, compression="zstd", store_schema=False,
                                         write_statistics=STAT_COLUMNS, use_dictionary=DICT_COLUMNS,
                                         column_encoding=DELTA_COLUMNS)
 
-    def segment(self, seg: Path, start: int, mech: dict[int, str]) -> None:
-        """Convert one spool segment (records numbered from ``start``), ``batch_rows`` at a time."""
+    def segment(self, seg: Path, start: int, mech: dict[int, str], rows: int | None = None,
+                comms: dict[int, bytes] | None = None) -> None:
+        """Convert one spool segment (records numbered from ``start``), ``rows`` at a time
+        (default and most: ``batch_rows``); ``comms`` (tid -> name) replaces the names
+        known so far, None keeps them."""
+        rows = min(rows or self.batch_rows, self.batch_rows)
+        if comms is not None:
+            self.comms = dict(comms)
         with open(seg, "rb") as fh:
             while True:
-                chunk = np.fromfile(fh, dtype=EVENT_DTYPE, count=self.batch_rows)
+                chunk = np.fromfile(fh, dtype=EVENT_DTYPE, count=rows)
                 if not len(chunk):
                     return
                 self.peak_buffered = max(self.peak_buffered, len(chunk))
@@ -116,22 +127,22 @@ class Converter:
             inv, pa.array([self.names.get(int(f), f"#{int(f)}") for f in uniq], pa.string()))
         mechanism = pa.DictionaryArray.from_arrays(
             inv, pa.array([mech.get(int(f), "kprobe") for f in uniq], pa.string()))
-        # comm: the 16 bytes as two u64 mixed into one key (a u64 sort, not a string sort);
-        # few distinct values per batch, each decoded once
-        raw = np.ascontiguousarray(chunk["comm"]).view("<u8").reshape(n, 2)
-        key = raw[:, 0] * np.uint64(0x9E3779B97F4A7C15) ^ raw[:, 1]
+        # comm: joined by thread (tid 0: the idle task, named per CPU); few distinct keys per batch
+        tids, cpus = chunk["tid"].astype(np.uint64), chunk["cpu"].astype(np.uint64)
+        key = np.where(tids == 0, (np.uint64(1) << np.uint64(32)) | cpus, tids)
         _uk, first, cinv = np.unique(key, return_index=True, return_inverse=True)
         comm = pa.DictionaryArray.from_arrays(
             cinv.astype(np.int32).ravel(),
-            pa.array([c.split(b"\0", 1)[0].decode("utf-8", "replace") for c in chunk["comm"][first].tolist()],
-                     pa.string()),
+            pa.array([comm_name(int(chunk["tid"][i]), int(chunk["cpu"][i]), self.comms).split(b"\0", 1)[0]
+                      .decode("utf-8", "replace") for i in first.tolist()], pa.string()),
         )
+        skb, retval = split_arg(chunk["kind"], chunk["arg"])
         cols = {
             "seq": pa.array(np.arange(start, start + n, dtype=np.int64)),
             "ts_ns": pa.array(chunk["ts_ns"]), "kind": pa.array(chunk["kind"]), "func_id": pa.array(fids),
             "function": function, "tid": pa.array(chunk["tid"]), "tgid": pa.array(chunk["tgid"]),
-            "cpu": pa.array(chunk["cpu"]), "skb": pa.array(chunk["skb"]), "ifindex": pa.array(chunk["ifindex"]),
-            "netns": pa.array(chunk["netns"]), "retval": pa.array(chunk["retval"]), "comm": comm,
+            "cpu": pa.array(chunk["cpu"]), "skb": pa.array(skb), "ifindex": pa.array(chunk["ifindex"]),
+            "netns": pa.array(chunk["netns"]), "retval": pa.array(retval), "comm": comm,
             "mechanism": mechanism,
         }
         return pa.Table.from_arrays([cols[f.name] if f.name in self._strings else cols[f.name].cast(f.type)
@@ -181,11 +192,11 @@ def serve(inp, out) -> int:
                 _, path, names, batch_rows = msg
                 conv = Converter(path, names, batch_rows)
             elif kind == "segment":
-                _, start, seg, new_mech = msg
+                _, start, seg, new_mech, rows, comms = msg
                 mech = mech if new_mech is None else new_mech
                 try:
                     if error is None and conv is not None:
-                        conv.segment(Path(seg), start, mech)
+                        conv.segment(Path(seg), start, mech, rows, comms)
                         answer("progress", *conv.stats())
                 finally:
                     Path(seg).unlink(missing_ok=True)

@@ -222,7 +222,7 @@ class LabGuestError(LabError):
 def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress=lambda m: None,
                timeout_s: float = 1500, append: str | None = None, cwd: Path | None = None,
                silent_s: float = 900, attempts: int = 2, console_log: Path | None = None,
-               tcg_threads: str = "single") -> int:
+               tcg_threads: str = "single", memory: str = "2G") -> int:
     """Boot the lab VM, run ``inner`` in it, stream its output as progress lines.
 
     vng runs in a session of its own, registered with :mod:`probes.runstate`
@@ -236,8 +236,8 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
     ``silent_s`` seconds, is killed and booted again, ``attempts`` boots in all:
     under TCG such a guest never finishes (measured: a soft lockup while
     ftrace patched text, see :mod:`probes.labconsole`). ``console_log``, when
-    given, receives the kernel lines of the last boot. ``tcg_threads``: see
-    :func:`vng_command`.
+    given, receives the kernel lines of the last boot. ``tcg_threads`` and
+    ``memory`` (the guest's RAM, vng's ``--memory``): see :func:`vng_command`.
 
     Returns:
         the exit status of ``inner`` as vng reports it.
@@ -257,7 +257,7 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
             console = GuestConsole()
             try:
                 return _run(kernel, inner, rwdirs, progress, timeout_s, append, cwd, silent_s, console,
-                            tcg_threads)
+                            tcg_threads, memory)
             except LabGuestError as err:
                 if attempt >= attempts:
                     raise
@@ -303,17 +303,18 @@ FATAL_GRACE_S = 20.0
 
 def _run(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress, timeout_s: float,
          append: str | None, cwd: Path | None, silent_s: float, console: GuestConsole,
-         tcg_threads: str = "single") -> int:
+         tcg_threads: str = "single", memory: str = "2G") -> int:
     import queue
     import threading
 
     from . import runstate
 
-    cmd = vng_command(kernel, inner, rwdirs, append=append, console=True, tcg_threads=tcg_threads)
+    cmd = vng_command(kernel, inner, rwdirs, memory=memory, append=append, console=True, tcg_threads=tcg_threads)
     env = dict(os.environ)
     # vng looks for its helpers (virtme-run ...) on PATH
     env["PATH"] = str(Path(find_vng()).parent) + os.pathsep + env.get("PATH", "")
-    progress(f"booting lab VM: kernel {kernel.release}, QEMU TCG (no KVM, {tcg_threads}-threaded), 2 CPUs")
+    progress(f"booting lab VM: kernel {kernel.release}, QEMU TCG (no KVM, {tcg_threads}-threaded), 2 CPUs, "
+             f"{memory} of memory")
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

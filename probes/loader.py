@@ -28,7 +28,7 @@ import numpy as np
 from ..bpf import BPF_DIR, SLOTS, handler_names
 from .aggread import PATHS
 from .bpfgen import fentry_candidates, fentry_names, program_text
-from .event import EVENT_DTYPE, FuncCfg
+from .event import EVENT_DTYPE, EVENT_RETURN, FuncCfg, comm_name
 from .fentry import FentryError, FentryLinks
 from .fields import field_cflags
 from .filters import Filters
@@ -148,6 +148,8 @@ class Recorder:
         self._poll_error: BaseException | None = None
         self._buf = bytearray()
         self._buf_since = time.monotonic()
+        self._comms_final: dict[int, bytes] | None = None  # the comms map, read at exit
+        self._comm_cache: dict[int, bytes] = {}
         self._ring: RingReader | None = None
         #: module -> planned functions waiting for it (status ``module-not-loaded`` with a slot)
         self.pending: dict[str, list] = {}
@@ -365,15 +367,38 @@ class Recorder:
             self.progress(f"recording: {self.events:,} events ({rate:,.0f}/s drained), {lost:,} lost")
         self._last_report = (now, self.events)
 
+    def comms(self) -> dict[int, bytes]:
+        """tid -> thread name (bytes, no NUL) as the ``comms`` BPF map holds them now, or (after
+        the Recorder exited) as it held them at the end. Empty in counting mode. A sink that
+        has a ``comm_source`` attribute gets this method there (probes/stream.py)."""
+        if self._comms_final is not None or self._bpf is None or self.aggregate_mode:
+            return dict(self._comms_final or {})
+        try:
+            return {int(k.value): bytes(v.comm) for k, v in self._bpf["comms"].items()}
+        except Exception:  # noqa: BLE001 - best effort while running (map gone on a failed start)
+            return {}
+
+    def _comm(self, tid: int, cpu: int) -> bytes:
+        name = self._comm_cache.get(tid) if tid else None
+        if name is None:
+            if tid and tid not in self._comm_cache:
+                self._comm_cache.update(self.comms())
+            name = comm_name(tid, cpu, self._comm_cache)
+        return name
+
     def _deliver(self, batch):
         self.events += len(batch)
         if self.sink is not None:
             self.sink(batch)
         else:
             base = len(self.rows)
-            self.rows.extend((base + i, int(e["ts_ns"]), int(e["kind"]), int(e["func_id"]), int(e["tid"]),
-                              int(e["tgid"]), int(e["cpu"]), int(e["skb"]), int(e["ifindex"]), int(e["netns"]),
-                              int(e["retval"]), bytes(e["comm"])) for i, e in enumerate(batch))
+            for i, e in enumerate(batch):
+                kind, arg = int(e["kind"]), int(e["arg"])
+                ret = kind == EVENT_RETURN
+                self.rows.append((base + i, int(e["ts_ns"]), kind, int(e["func_id"]), int(e["tid"]), int(e["tgid"]),
+                                  int(e["cpu"]), 0 if ret else arg, int(e["ifindex"]), int(e["netns"]),
+                                  (arg - (1 << 64) if arg >= 1 << 63 else arg) if ret else 0,
+                                  self._comm(int(e["tid"]), int(e["cpu"]))))
 
     def _drain(self) -> int:
         """One pass over the ring buffer; returns the events delivered."""
@@ -395,7 +420,7 @@ class Recorder:
         try:
             self._last_report = (time.monotonic(), 0)
             self._next_report = time.monotonic() + 2.0
-            # 1/8 of the records a full ring buffer holds (72-byte records, 8-byte headers)
+            # 1/8 of the records a full ring buffer holds (40-byte records, 8-byte headers)
             eighth = self.ringbuf_pages * 4096 // (EVENT_DTYPE.itemsize + 8) // 8
             while not self._stop.is_set():
                 if self.aggregate_mode:
@@ -403,8 +428,8 @@ class Recorder:
                 elif self._drain() < eighth:
                     # paced: a reader that goes again as soon as it got anything spins on a CPU the
                     # workload needs (measured, lab VM: it halved a flood's rate). A ring buffer less
-                    # than 1/8 full waits POLL_S; the default one (4 MiB, ~51,000 events) fills that
-                    # far in POLL_S only above ~256,000 events/s, and then the reader keeps going.
+                    # than 1/8 full waits POLL_S; the default one (4 MiB, ~87,000 events) fills that
+                    # far in POLL_S only above ~437,000 events/s, and then the reader keeps going.
                     self._stop.wait(POLL_S)
                 now = time.monotonic()
                 if self.pending and now >= self._next_check:
@@ -432,6 +457,8 @@ class Recorder:
                 except RingError as err:
                     self.progress(f"{err}: draining with bcc's per-event callback")
                     self._bpf["events"].open_ring_buffer(self._on_event)
+            if self.sink is not None and hasattr(self.sink, "comm_source"):
+                self.sink.comm_source = self.comms
             self.attach_all()
             self._thread = threading.Thread(target=self._poll, name="callpath-ringbuf", daemon=True)
             self._thread.start()
@@ -450,6 +477,7 @@ class Recorder:
                 self._thread.join(timeout=30)
             self.lost_per_cpu = self._lost_now()
             self.lost = sum(self.lost_per_cpu)
+            self._comms_final = self.comms()
             if self.aggregate_mode:
                 from .aggread import read_aggregate  # noqa: PLC0415
 

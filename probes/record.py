@@ -278,7 +278,7 @@ def record(
         filters: a :class:`probes.filters.Filters` applied in the kernel, or None.
         aggregate: count in BPF maps instead of streaming events (``meta["aggregate"]``;
             the event table then holds only the evidence recorded without BPF).
-        convert_after: keep the raw records on disk (72 bytes per event) and write
+        convert_after: keep the raw records on disk (40 bytes per event) and write
             Parquet only after the run, so the run spends no CPU on it
             (:class:`probes.stream.TraceStream` ``convert_during=False``).
 

@@ -3,9 +3,9 @@
 bcc (like libbpf) drains a ring buffer by calling a Python function per
 record: under load that call, not the kernel, caps the rate (measured in the
 lab VM: about 22,000 events/s, with hundreds of thousands lost). callpath's
-records all have one size (``struct callpath_event``, 72 bytes), so the
+records all have one size (``struct callpath_event``, 40 bytes), so the
 ring buffer between the consumer and producer positions is an array of
-fixed 80-byte slots (8-byte record header + 72 bytes, kernel/bpf/ringbuf.c:
+fixed 48-byte slots (8-byte record header + 40 bytes, kernel/bpf/ringbuf.c:
 ``round_up(len + BPF_RINGBUF_HDR_SZ, 8)``), and a batch can be copied out with
 numpy in one go.
 

@@ -1,7 +1,7 @@
 """Stream ring-buffer events into a Parquet trace while the run goes on (bounded memory).
 
 The :class:`probes.loader.Recorder` hands its ``sink`` numpy batches
-(``probes.event.EVENT_DTYPE``, 72-byte records) from its poll thread.
+(``probes.event.EVENT_DTYPE``, 40-byte records) from its poll thread.
 :class:`TraceStream` is such a sink, in two stages:
 
 1. the sink appends the raw records to a **spool** of segment files beside the
@@ -14,7 +14,7 @@ The :class:`probes.loader.Recorder` hands its ``sink`` numpy batches
    per batch with ``pyarrow.parquet.ParquetWriter``; a converted segment is deleted.
 
 Full segments wait on disk until they add up to more than ``backlog_bytes``
-(:data:`BACKLOG_BYTES`, 256 MiB: about 3.7 M events); only then does the
+(:data:`BACKLOG_BYTES`, 256 MiB: about 6.7 M events); only then does the
 oldest go to the converter while the run goes on. So a burst of traffic pays
 for one copy of its records into the page cache and none for Parquet, which is
 written when the traffic has passed (at :meth:`TraceStream.close`); sustained
@@ -25,7 +25,7 @@ converter running during a UDP flood, the flood kept 0.13 of its no-probe
 rate; with the records only spooled, 0.21, what draining alone kept.
 
 Memory holds at most ``batch_rows`` events in the converter however long the
-run is; what the converter has not caught up with waits on disk (72 bytes per
+run is (``RUN_BATCH_ROWS``, 16 Ki, while the recording goes on); what the converter has not caught up with waits on disk (40 bytes per
 event; it catches up at full priority when the recording ends).
 
 At the end (:meth:`TraceStream.close`) the evidence recorded without BPF (boot
@@ -55,9 +55,15 @@ from .event import EVENT_DTYPE
 
 #: Events per row group (and the most the converter holds): 128 Ki events = 9 MiB of records.
 BATCH_ROWS = 1 << 17
+#: Events per row group while the recording goes on: the converter's working set then stays
+#: small (measured on 1 M events, this host: +23 MiB over its idle 108 MiB at 8 Ki rows,
+#: +34 MiB at 32 Ki, +74 MiB at 128 Ki), so memory does not depend on whether the run
+#: was long enough to need converting before its end; the rest is converted at close in
+#: ``batch_rows`` row groups.
+RUN_BATCH_ROWS = 1 << 14
 #: Kept for callers (the spool on disk replaced the in-memory queue).
 QUEUE_BATCHES = 2
-#: Bytes per spool segment (raw 72-byte records) before it is handed to the converter.
+#: Bytes per spool segment (raw 40-byte records) before it is handed to the converter.
 SEGMENT_BYTES = 64 << 20
 #: Bytes of full segments left waiting on disk before the converter gets the oldest during the run.
 BACKLOG_BYTES = 256 << 20
@@ -109,11 +115,12 @@ class TraceStream:
         mechanism: func_id -> mechanism (a key of ``analysis.trace.MECHANISMS``), or a plan
             (its FunctionPlan ``probe`` fields and inline-site slots are used); default ``kprobe``.
             Asked in this process when a segment is handed over, for the ids in ``names``.
-        batch_rows: events per row group, and the most the converter holds in memory (>= 1).
+        batch_rows: events per row group, and the most the converter holds in memory (>= 1);
+            while the run goes on, at most :data:`RUN_BATCH_ROWS`.
         queue_batches: kept for callers (>= 1).
         convert_during: True (default): spool segments beyond ``backlog_bytes`` are converted
             while the run goes on, by the converter process at nice 19. False: they all wait on
-            disk (72 bytes per event) and are converted in :meth:`close`, so the run itself
+            disk (40 bytes per event) and are converted in :meth:`close`, so the run itself
             spends no CPU on Parquet (``record --convert-after``).
         backlog_bytes: bytes of full segments left waiting before the oldest is converted
             during the run (``convert_during`` only; default :data:`BACKLOG_BYTES`; 0: each
@@ -161,6 +168,10 @@ class TraceStream:
         self._done = threading.Event()
         self._send_lock = threading.Lock()
         self._last_mech: dict[int, str] | None = None
+        #: () -> {tid: comm bytes}: the names of the threads recorded so far (the Recorder sets it
+        #: to its ``comms``: the BPF map, then its contents at the end); None: no names
+        self.comm_source: Callable[[], dict[int, bytes]] | None = None
+        self._sent_comms: dict[int, bytes] | None = None
         try:  # fail at once on a path that cannot be written (the converter replaces the file)
             self.path.open("wb").close()
         except OSError as err:
@@ -270,13 +281,18 @@ class TraceStream:
         self._queued += n
         while self._backlog is not None and sum(h[2] for h in self._held) > self._backlog:
             start, oldest, _n = self._held.pop(0)
-            self._send_segment(start, oldest)
+            self._send_segment(start, oldest, min(self.batch_rows, RUN_BATCH_ROWS))
 
-    def _send_segment(self, start: int, seg: Path) -> None:
+    def _send_segment(self, start: int, seg: Path, rows: int) -> None:
         mech = {fid: self._mech(fid) for fid in self.names}
         changed = mech != self._last_mech  # sent only when it changed (late modules): messages stay small
         self._last_mech = mech
-        self._send("segment", start, str(seg), mech if changed else None)
+        # the whole map (at most its 65,536 threads: bounded however many threads a long run sees),
+        # and only when it changed
+        comms = self.comm_source() if self.comm_source is not None else {}
+        fresh = comms != self._sent_comms
+        self._sent_comms = comms
+        self._send("segment", start, str(seg), mech if changed else None, rows, comms if fresh else None)
 
     # -- end --------------------------------------------------------------
     def close(self, meta: dict, once: Iterable[tuple[list[tuple], str]] = ()) -> Path:
@@ -291,10 +307,11 @@ class TraceStream:
             return self.path
         self._closed = True
         try:
+            self._backlog = None  # the recording is over: the last segment waits with the others
             self._hand_off()
             self._priority(0)  # the recording is over: catch up at full priority
             for start, seg, _n in self._held:
-                self._send_segment(start, seg)
+                self._send_segment(start, seg, self.batch_rows)
             self._held = []
             total = self._queued
             for rows, mechanism in once:

@@ -179,3 +179,18 @@ def test_a_candidate_program_file_is_a_variant_and_compiles_from_its_text(monkey
     with pytest.raises(SystemExit):  # a file that is not there is refused before any boot
         bench.main(["--variants", f"none,aggregate@{tmp_path / 'missing.c'}"])
     assert "aggregate@FILE" in capsys.readouterr().err
+
+
+def test_perf_profile_is_off_by_default_and_says_why_when_perf_is_missing(monkeypatch):
+    """--perf off: nothing runs, the row gets no profile; perf missing: the row says so and
+    the measured body still runs."""
+    import perfprofile
+
+    row: dict = {}
+    with perfprofile.profiled(row, enabled=False):
+        ran = True
+    assert ran and "profile" not in row
+    monkeypatch.setattr(perfprofile.shutil, "which", lambda _name: None)
+    with perfprofile.profiled(row):
+        ran = "again"
+    assert ran == "again" and row["profile"] == ["not profiled: no perf on PATH"]

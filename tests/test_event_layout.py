@@ -27,7 +27,7 @@ def test_header_matches_ctypes_mirror(tmp_path):
     exe = tmp_path / "layout"
     subprocess.run(["cc", "-o", str(exe), str(prog)], check=True)
     out = dict(line.split() for line in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines())
-    assert int(out.pop("size")) == ctypes.sizeof(CallpathEvent) == 72
+    assert int(out.pop("size")) == ctypes.sizeof(CallpathEvent) == 40
     for f in FIELDS:
         assert int(out[f]) == getattr(CallpathEvent, f).offset, f
 

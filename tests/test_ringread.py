@@ -74,7 +74,7 @@ n_all = int(b["counter"][0].value)
 expected = n_all - (n_all + 4) // 5  # submitted = all minus the discarded (n % 5 == 0)
 cons, prod = r.positions()
 print("records", len(got), "expected", expected, "consumed", cons, "produced", prod)
-assert len(got) + (prod - cons) // 80 == expected, (len(got), expected)
+assert len(got) + (prod - cons) // (EVENT_DTYPE.itemsize + 8) == expected, (len(got), expected)
 r.close()
 print("ring reader ok")
 """

@@ -14,18 +14,23 @@ from callpath.probes.plan import FunctionPlan, ProbePlan
 from callpath.probes.stream import StreamError, TraceStream
 
 
-def _batch(n, start_ts=0, fids=(1, 2, 5), comm=b"iperf3"):
+def _batch(n, start_ts=0, fids=(1, 2, 5)):
+    """Records of thread 7 (name: see COMMS), entries and returns in turn; an entry's ``arg`` is
+    its skb address, a return's its return value: minus its index in the batch."""
     b = np.zeros(n, EVENT_DTYPE)
     b["ts_ns"] = np.arange(start_ts, start_ts + n)
-    b["func_id"] = np.resize(np.array(fids, np.uint32), n)
+    b["func_id"] = np.resize(np.array(fids, np.uint16), n)
     b["kind"] = np.arange(n) % 2
     b["tid"] = 7
     b["cpu"] = np.arange(n) % 2
-    b["skb"] = np.uint64(0xFFFF888000000000) + np.arange(n, dtype=np.uint64)
-    b["retval"] = -np.arange(n)
+    skb = np.uint64(0xFFFF888000000000) + np.arange(n, dtype=np.uint64)
+    b["arg"] = np.where(b["kind"] == 0, skb, (-np.arange(n, dtype=np.int64)).view(np.uint64))
     b["ifindex"] = 3
-    b["comm"] = comm
     return b
+
+
+#: What the Recorder's ``comms`` would give a TraceStream for the records of ``_batch``.
+COMMS = {7: b"iperf3"}
 
 
 def _plan():
@@ -43,6 +48,7 @@ def test_many_batches_one_readable_trace(tmp_path):
     run-once rows after the probe events, metadata read back by read_trace, memory bounded."""
     plan = _plan()
     s = TraceStream(tmp_path / "t.parquet", names=plan.slot_names(), mechanism=plan, batch_rows=1000)
+    s.comm_source = lambda: COMMS
     sizes = [1, 999, 1000, 2500, 7, 0, 3333]
     ts = 0
     for n in sizes:
@@ -63,7 +69,8 @@ def test_many_batches_one_readable_trace(tmp_path):
     by_fid = probe.groupby("func_id", observed=True).agg(function=("function", "first"), mech=("mechanism", "first"))
     assert by_fid.to_dict("index") == {1: {"function": "a", "mech": "fentry"}, 2: {"function": "b", "mech": "kprobe"},
                                        5: {"function": "c", "mech": "inline-site"}}
-    assert set(probe["comm"].astype(str)) == {"iperf3"} and probe["retval"].iloc[1:4].tolist() == [0, -1, -2]
+    assert set(probe["comm"].astype(str)) == {"iperf3"} and probe["retval"].iloc[1:5].tolist() == [0, -1, 0, -3]
+    assert probe["skb"].iloc[1:3].tolist() == [0xFFFF888000000000, 0]  # an entry's arg; none on a return
     assert ev.iloc[-1][["function", "mechanism", "comm"]].tolist() == ["net_dev_init", "function_graph", "swapper"]
     assert json.loads((tmp_path / "t.meta.json").read_text())["events"] == total + 1
     # the row groups are bounded by batch_rows
@@ -121,6 +128,33 @@ def test_recorder_reuses_one_batch_buffer_only_for_a_sink_that_borrows_batches(b
         assert outs == [None, None] and not np.shares_memory(got[0], got[1])
 
 
+def test_recorder_rows_split_arg_and_join_names_from_the_comms_map():
+    """Without a sink the Recorder keeps tuples: an entry's arg is its skb, a return's its
+    (signed) return value; names come from the comms BPF map, read when a new thread shows up,
+    and from the map as it was at exit once the Recorder is done."""
+    import ctypes
+    from types import SimpleNamespace
+
+    from callpath.probes.loader import Recorder
+
+    reads = []
+
+    class Map:
+        def items(self):
+            reads.append(1)
+            return [(ctypes.c_uint32(7), SimpleNamespace(comm=b"iperf3"))]
+
+    rec = Recorder(_plan())
+    rec._bpf = {"comms": Map()}
+    rec._ring = _FakeRing()
+    assert rec._drain() == 3
+    assert [r[7] for r in rec.rows] == [0xFFFF888000000000, 0, 0xFFFF888000000002]  # skb: entries only
+    assert [r[10] for r in rec.rows] == [0, -1, 0]  # retval: returns only, signed
+    assert [r[11] for r in rec.rows] == [b"iperf3"] * 3 and len(reads) == 1  # one map read per new thread
+    rec._comms_final = {7: b"iperf3", 9: b"irq/5"}
+    assert rec.comms() == {7: b"iperf3", 9: b"irq/5"}
+
+
 def test_spool_keeps_memory_bounded_and_never_blocks_the_sink(tmp_path):
     """A stalled converter (SIGSTOP): the sink keeps appending to the spool on disk (never waits,
     so the ring buffer keeps draining); the converter holds at most batch_rows events; converted
@@ -172,6 +206,31 @@ def test_full_segments_wait_until_the_backlog_is_exceeded_then_the_oldest_is_con
     ev = read_trace(tmp_path / "t.parquet").events
     assert list(ev["seq"]) == list(range(500)) and list(ev["ts_ns"]) == list(range(500))
     assert not list(tmp_path.glob(".t.parquet.spool-*"))
+
+
+def test_segments_converted_during_the_run_use_small_row_groups(tmp_path, monkeypatch):
+    """While the recording goes on the converter holds at most RUN_BATCH_ROWS events (its
+    working set does not depend on the run's length); what close() converts uses batch_rows."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from callpath.probes import stream
+
+    monkeypatch.setattr(stream, "RUN_BATCH_ROWS", 30)
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, backlog_bytes=0)
+    s.segment_bytes = 100 * EVENT_DTYPE.itemsize
+    s(_batch(100))  # a full segment: converted during the run, 30 at a time
+    for _ in range(500):
+        if s.written == 100:
+            break
+        time.sleep(0.01)
+    assert s.written == 100 and s.peak_buffered == 30
+    s(_batch(50, start_ts=100))  # not full: converted at close, in one row group
+    s.close({"kernel": "k", "lost": 0})
+    md = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [30, 30, 30, 10, 50]
+    assert list(read_trace(tmp_path / "t.parquet").events["seq"]) == list(range(150))
 
 
 def test_converter_is_a_niced_process_of_its_own_and_goes_away(tmp_path):
@@ -482,12 +541,12 @@ def test_converter_stores_timestamps_as_deltas_and_dictionaries_only_where_they_
     ev["ts_ns"] = 10**12 + np.arange(5000) * 137
     ev["func_id"] = np.arange(5000) % 3
     ev["kind"] = np.arange(5000) % 2
-    ev["skb"] = np.uint64(0xFFFF888000000000) + (np.arange(5000, dtype=np.uint64) // np.uint64(22)) * np.uint64(256)
-    ev["comm"] = b"python3"
+    ev["arg"] = np.uint64(0xFFFF888000000000) + (np.arange(5000, dtype=np.uint64) // np.uint64(22)) * np.uint64(256)
+    ev["tid"] = 9
     seg = tmp_path / "seg"
     ev.tofile(seg)
     c = Converter(tmp_path / "t.parquet", {0: "a", 1: "b", 2: "c"}, 4096)
-    c.segment(seg, 0, {0: "fentry", 1: "fentry", 2: "kprobe"})
+    c.segment(seg, 0, {0: "fentry", 1: "fentry", 2: "kprobe"}, comms={9: b"python3"})
     c.close(json.dumps({"schema": 1}))
     md = pq.ParquetFile(tmp_path / "t.parquet").metadata
     cols = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(md.num_columns)}
@@ -500,3 +559,23 @@ def test_converter_stores_timestamps_as_deltas_and_dictionaries_only_where_they_
     assert back["ts_ns"].tolist() == ev["ts_ns"].tolist()
     assert back["seq"].tolist() == list(range(5000))
     assert back["function"].astype(str).tolist()[:4] == ["a", "b", "c", "a"]
+
+
+def test_thread_names_are_joined_by_tid_and_the_idle_task_is_named_per_cpu(tmp_path):
+    """Records carry no name: the converter joins the recorder's tid -> comm map (sent with
+    a segment when it changed), names tid 0 swapper/<cpu> as the kernel does, and leaves a
+    thread the map did not hold when its segment was handed over unnamed."""
+    names = {7: b"iperf3"}
+    s = TraceStream(tmp_path / "t.parquet", batch_rows=100, backlog_bytes=0)
+    s.comm_source = lambda: dict(names)
+    s.segment_bytes = 1  # every batch is a segment of its own
+    b = _batch(4)
+    b["tid"] = [7, 0, 0, 8]
+    b["cpu"] = [0, 0, 3, 1]
+    s(b)
+    names[8] = b"ksoftirqd/1"  # known by the time the next segment is handed over
+    s(_batch(2, start_ts=4))
+    s.close({"kernel": "k", "lost": 0})
+    ev = read_trace(tmp_path / "t.parquet").events
+    assert ev["comm"].astype(str).tolist() == ["iperf3", "swapper/0", "swapper/3", "", "iperf3", "iperf3"]
+    assert s._sent_comms == {7: b"iperf3", 8: b"ksoftirqd/1"}  # the map as last read, no more
