@@ -32,7 +32,7 @@ TOP = 40
 def profiled(row: dict, enabled: bool = True):
     """Profile the body with ``perf record -a``; put the report's top lines in ``row["profile"]``.
 
-    ``row["profile"]`` is a list of strings: ``"percent command dso"`` (the 12 heaviest), then
+    ``row["profile"]`` is a list of strings: ``"percent command:pid dso"`` (the 16 heaviest), then
     ``"percent command dso symbol"`` (at most :data:`TOP`), or ``["not profiled: why"]`` when perf is missing or fails. Never raises
     for perf's sake: the measurement goes on unprofiled.
     """
@@ -72,7 +72,7 @@ def profiled(row: dict, enabled: bool = True):
                 proc.kill()
                 _out, err = proc.communicate()
         if "profile" not in row:
-            row["profile"] = report(perf, data, "comm,dso", 12) + report(perf, data) if data.exists() else \
+            row["profile"] = report(perf, data, "pid,dso", 16) + report(perf, data) if data.exists() else \
                 [f"not profiled: perf record failed: {err.decode(errors='replace').strip()[-200:]}"]
 
 
