@@ -28,7 +28,7 @@ import numpy as np
 from ..bpf import BPF_DIR, SLOTS, handler_names
 from .aggread import PATHS
 from .bpfgen import fentry_candidates, fentry_names, program_text
-from .event import EVENT_DTYPE, EVENT_RETURN, FuncCfg, comm_name
+from .event import EVENT_DTYPE, FuncCfg, comm_name, split_arg
 from .fentry import FentryError, FentryLinks
 from .fields import field_cflags
 from .filters import Filters
@@ -392,13 +392,11 @@ class Recorder:
             self.sink(batch)
         else:
             base = len(self.rows)
+            skb, retval = split_arg(batch["kind"], batch["arg"])
             for i, e in enumerate(batch):
-                kind, arg = int(e["kind"]), int(e["arg"])
-                ret = kind == EVENT_RETURN
-                self.rows.append((base + i, int(e["ts_ns"]), kind, int(e["func_id"]), int(e["tid"]), int(e["tgid"]),
-                                  int(e["cpu"]), 0 if ret else arg, int(e["ifindex"]), int(e["netns"]),
-                                  (arg - (1 << 64) if arg >= 1 << 63 else arg) if ret else 0,
-                                  self._comm(int(e["tid"]), int(e["cpu"]))))
+                self.rows.append((base + i, int(e["ts_ns"]), int(e["kind"]), int(e["func_id"]), int(e["tid"]),
+                                  int(e["tgid"]), int(e["cpu"]), int(skb[i]), int(e["ifindex"]), int(e["netns"]),
+                                  int(retval[i]), self._comm(int(e["tid"]), int(e["cpu"]))))
 
     def _drain(self) -> int:
         """One pass over the ring buffer; returns the events delivered."""
