@@ -12,6 +12,9 @@ received packets/s is kept):
              both per-event variants stream to Parquet like `record` (probes/stream.py)
   fentry     callpath per-event, --probes auto: fentry/fexit wherever the kernel allows,
              kprobe/kretprobe for the rest (the "mechanisms" field counts them)
+  fentry-normal  as fentry, the drain thread at SCHED_OTHER throughout (`record --drain normal`):
+             by default it runs at SCHED_IDLE while it keeps up, and a guard process sets it back to
+             SCHED_OTHER when the ring buffer is half full (probes/drainsched.py, probes/drainguard.py)
   fentry-busy  as fentry, with no spool backlog (TraceStream backlog_bytes=0): each full 64 MiB
              segment is converted during the run, as sustained traffic past the 256 MiB backlog is
   fentry-after  as fentry, with `record --convert-after`: raw records wait on disk and become
@@ -56,15 +59,10 @@ Under QEMU TCG the absolute figures say little about real hardware; the ratios a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,11 +70,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bpfstats  # noqa: E402
 from ablation import ABLATIONS, ablated_source  # noqa: E402
+from callpath.probes import kernel  # noqa: E402
 from inlab import run_inside_lab, show  # noqa: E402
-from perfprofile import profiled  # noqa: E402
 from overhead_flood import flood, macvlan_pair  # noqa: E402
-
-from callpath.probes import kernel, runstate  # noqa: E402
+from peers import run_bpftrace, run_ftrace  # noqa: E402
+from perfprofile import profiled  # noqa: E402
 
 #: QEMU TCG offers the guest no usable TSC, so its kernel falls back to the HPET, where every clock
 #: read is an emulated MMIO access costing microseconds (measured: current_clocksource hpet,
@@ -85,7 +83,8 @@ from callpath.probes import kernel, runstate  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool", "fentry-devnull",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-normal", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool",
+            "fentry-devnull",
             "fentry-helper-reads", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,12 +160,15 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
     events go through the same streaming Parquet writer (probes/stream.py) to a scratch file."""
     import tempfile
 
-    from callpath.probes.loader import Recorder, bpf_cflags
+    from callpath.probes.cflags import bpf_cflags
+    from callpath.probes.loader import Recorder
     from callpath.probes.stream import TraceStream
 
     kwargs: dict = {"probes": "kprobe" if variant == "kprobe" else "auto"}
     stream = None
     scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-")
+    if variant == "fentry-normal":
+        kwargs["drain"] = "normal"
     if variant == "aggregate":
         kwargs["aggregate"] = True
     elif variant == "fentry-drain":
@@ -194,7 +196,7 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
         scratch.cleanup()
     events = rec.events
     row.update(events=events, drained_per_s=round(events / seconds) if seconds else 0,
-               recording_s=round(seconds, 2), lost=int(rec.lost), attached=len(rec.attach.attached),
+               recording_s=round(seconds, 2), lost=int(rec.lost), drain=rec.drain, drain_boosts=rec.drain_boosts, attached=len(rec.attach.attached),
                failed=dict(rec.attach.failed))
     agg = getattr(rec, "aggregate", None)
     if agg:
@@ -218,127 +220,9 @@ class FileSink:
 
     def __call__(self, batch) -> None:
         import numpy as np
-
         from callpath.probes.stream import _write_all
 
         _write_all(self.fh, np.ascontiguousarray(batch).view(np.uint8))
-
-
-# -- bpftrace --------------------------------------------------------------
-def bpftrace_program(syms: list[str]) -> str:
-    """bpftrace text: kprobe+kretprobe on each symbol counted per probe; BEGIN says attached."""
-    points = ",\n".join(f"kprobe:{s},kretprobe:{s}" for s in syms)
-    return 'BEGIN { printf("callpath-bench attached\\n"); }\n' + points + " { @[probe] = count(); }\n"
-
-
-def run_bpftrace(plan, socks, args, progress) -> dict:
-    """bpftrace on the plan's symbols; symbols it cannot attach are dropped (listed) and it is restarted."""
-    exe = shutil.which("bpftrace")
-    if not exe:
-        return {"skipped": "bpftrace is not installed (apt-get install bpftrace; make setup does)"}
-    syms, dropped = symbols(plan), {}
-    for _ in range(8):
-        if not syms:
-            break
-        proc = subprocess.Popen([exe, "-B", "line", "-e", bpftrace_program(syms)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        runstate.register("pid", str(proc.pid))
-        try:
-            lines = []
-            t0 = time.monotonic()
-            for line in proc.stdout:  # "Attaching N probes...", then BEGIN's line once all are attached
-                lines.append(line.rstrip())
-                if "callpath-bench attached" in line:
-                    break
-            text = "\n".join(lines)
-            untraceable = set(re.findall(r"WARNING: (\S+) is not traceable", text)) & set(syms)
-            found = re.search(r"Attaching (\d+) probes?", text)
-            probes = int(found[1]) - 1 if found else 0  # BEGIN is one
-            ok = lines and "callpath-bench attached" in lines[-1]
-            if not ok or (untraceable and probes < 2 * len(syms)):
-                proc.kill()
-                proc.wait(timeout=30)
-                bad = untraceable | set(re.findall(r"k(?:ret)?probe:([A-Za-z0-9_.]+)", "\n".join(
-                    ln for ln in lines if "ERROR" in ln))) & set(syms)
-                if not bad:
-                    return {"skipped": "bpftrace failed: " + " | ".join(lines[-3:])}
-                for s in bad:
-                    dropped[s] = next((ln for ln in lines if s in ln), "")[:200]
-                syms = [s for s in syms if s not in bad]
-                progress(f"bpftrace cannot attach {', '.join(sorted(bad))}: restarting without them")
-                continue
-            progress(f"bpftrace attached {probes} probes on {len(syms)} functions in {time.monotonic() - t0:.1f} s")
-            row = measure(socks, args)
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            runstate.unregister("pid", str(proc.pid))
-        counts = {m[0]: int(m[1]) for m in re.findall(r"^@\[(k(?:ret)?probe:[^\]]+)\]: (\d+)", out, re.M)}
-        row.update(counted=sum(counts.values()), attached=len(syms), probes=probes, failed=dropped)
-        return row
-    return {"skipped": "bpftrace kept failing to attach", "failed": dropped}
-
-
-# -- ftrace ------------------------------------------------------------------
-def _write(path: Path, text: str, append: bool = False) -> None:
-    fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def run_ftrace(plan, socks, args, progress) -> dict:
-    """function_graph (else function) on the plan's symbols in a tracefs instance made and removed here."""
-    with kernel.mounted_tracefs() as tracefs:
-        if not tracefs:
-            return {"skipped": "tracefs cannot be mounted"}
-        inst = Path(tracefs, "instances", f"callpath-bench-{os.getpid()}")
-        runstate.register("tracefs-instance", str(inst))
-        inst.mkdir()
-        try:
-            tracers = Path(inst, "available_tracers").read_text().split()
-            tracer = next((t for t in ("function_graph", "function") if t in tracers), None)
-            note = "" if tracer == "function_graph" else (
-                f"function_graph is not allowed in a tracefs instance on {kernel.kernel_release()} "
-                f"(instance tracers: {' '.join(tracers)})")
-            if tracer is None:
-                return {"skipped": note}
-            failed = {}
-            for s in symbols(plan):
-                try:
-                    _write(inst / "set_ftrace_filter", s + "\n", append=True)
-                except OSError as err:
-                    failed[s] = err.strerror
-            try:
-                accepted = Path(inst, "set_ftrace_filter").read_text().split()
-            except OSError as err:
-                return {"skipped": f"set_ftrace_filter cannot be read: {err.strerror}", "failed": failed}
-            if not accepted:  # an empty filter would trace every function
-                return {"skipped": "set_ftrace_filter took none of the symbols", "failed": failed}
-            _write(inst / "buffer_size_kb", "4096\n")
-            _write(inst / "current_tracer", tracer + "\n")
-            progress(f"ftrace {tracer} on {len(accepted)} functions in {inst}" + (f" ({note})" if note else ""))
-            row = measure(socks, args)
-            _write(inst / "tracing_on", "0\n")
-            counted = overrun = 0
-            for stats in inst.glob("per_cpu/cpu*/stats"):
-                kv = dict(ln.split(":", 1) for ln in stats.read_text().splitlines() if ":" in ln)
-                counted += int(kv.get("entries", 0)) + int(kv.get("overrun", 0))
-                overrun += int(kv.get("overrun", 0))
-            row.update(tracer=tracer, note=note, counted=counted, lost=overrun, attached=len(accepted),
-                       failed=failed)
-            return row
-        finally:
-            with contextlib.suppress(OSError):
-                _write(inst / "tracing_on", "0\n")
-                _write(inst / "current_tracer", "nop\n")
-                _write(inst / "set_ftrace_filter", "")
-            inst.rmdir()
-            runstate.unregister("tracefs-instance", str(inst))
 
 
 # -- the run -----------------------------------------------------------------
@@ -372,9 +256,9 @@ def run_variant(v: str, plan, socks, args, progress) -> dict:
     try:
         if v == "bpftrace":
             with kernel.mounted_tracefs():  # bpftrace checks available_filter_functions
-                return run_bpftrace(plan, socks, args, progress)
+                return run_bpftrace(symbols(plan), lambda: measure(socks, args), progress)
         if v == "ftrace":
-            return run_ftrace(plan, socks, args, progress)
+            return run_ftrace(symbols(plan), lambda: measure(socks, args), progress)
         if v in ABLATIONS:
             return run_ablation(v, copy.deepcopy(plan), socks, args, progress)
         if candidate_file(v):

@@ -128,7 +128,7 @@ def callpath_program(aggregate: bool):
     from callpath.bpf import program_source
     from callpath.probes.btf import load_kernel_btf
     from callpath.probes.fields import resolve_fields
-    from callpath.probes.loader import bpf_cflags
+    from callpath.probes.cflags import bpf_cflags
 
     fields = resolve_fields(load_kernel_btf(), kernel.kernel_release())
     bpf = BPF(text=(program_source() + CALLPATH_HANDLERS).encode(),

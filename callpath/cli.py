@@ -75,7 +75,7 @@ def _probing(args):
     from .probes.session import Probing
 
     return Probing(probes=args.probes, aggregate=args.aggregate, netns=args.netns, dev=args.dev, pid=args.pid,
-                   convert_after=args.convert_after)
+                   convert_after=args.convert_after, drain=args.drain)
 
 
 def _display_path(path: Path) -> Path:

@@ -18,19 +18,19 @@ fentry. The choice and its reason are written in the plan (``probe``,
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..bpf import BPF_DIR, SLOTS, handler_names
-from .aggread import PATHS
+from ..bpf import handler_names
 from .bpfgen import fentry_candidates, fentry_names, program_text
+from .cflags import bpf_cflags
+from .drainguard import GuardProcess
+from .drainsched import DRAIN_CHOICES, HIGH_WATER, DrainScheduler
 from .event import EVENT_DTYPE, FuncCfg, comm_name, split_arg
 from .fentry import FentryError, FentryLinks
-from .fields import field_cflags
 from .filters import Filters
 from .modindex import loaded_modules
 from .plan import MODULE_NOT_LOADED, ProbePlan
@@ -46,36 +46,6 @@ PROBE_CHOICES = ("auto", "kprobe", "fentry")
 POLL_S = 0.025
 #: Probed frames the kernel keeps per thread in counting mode (CP_DEPTH in bpf/callpath.bpf.c).
 MAX_DEPTH = 16
-
-
-def bpf_cflags(ringbuf_pages: int, fields: dict | None = None, aggregate: bool = False,
-               filters: Filters | None = None) -> list[str]:
-    """cflags that configure bpf/callpath.bpf.c (settings never edit the C text).
-
-    ``fields`` is ``plan.fields`` (:func:`probes.fields.resolve_fields`): the
-    kernel field offsets; fields missing from it are not read (offset -1).
-    ``aggregate`` compiles counting mode; ``filters`` the in-kernel filters.
-
-    Counting mode also gets the size of its path table (``aggread.PATHS``) and
-    the number of possible CPUs (bcc's count, which sizes per-CPU values).
-
-    Raises ``ValueError`` when ``ringbuf_pages`` is not a power of two.
-    """
-    if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
-        raise ValueError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
-    counting = [f"-DCP_PATHS={PATHS}", f"-DCALLPATH_NCPUS={possible_cpus()}"] if aggregate else []
-    return [f"-I{BPF_DIR}", f"-DCALLPATH_MAX_FUNCS={SLOTS}", f"-DCALLPATH_RINGBUF_PAGES={ringbuf_pages}",
-            f"-DCALLPATH_AGGREGATE={int(aggregate)}", *counting, *(filters or Filters()).cflags(),
-            *field_cflags(fields or {})]
-
-
-def possible_cpus() -> int:
-    """CPUs the kernel may bring online (/sys/devices/system/cpu/possible, as bcc reads it)."""
-    try:
-        from bcc.utils import get_possible_cpus  # noqa: PLC0415 - bcc comes from the system
-    except ImportError:
-        return os.cpu_count() or 1
-    return len(get_possible_cpus())
 
 
 @dataclass
@@ -108,10 +78,15 @@ class Recorder:
         sink: callable receiving batches (numpy structured arrays, ``probes.event.EVENT_DTYPE``)
             from the poll thread, at most ``batch_events`` rows, at least every 0.5 s while
             events flow. None: events are kept in ``rows`` (tuples, TRACE_COLUMNS order).
+        drain: ``yield`` (default): the thread draining the ring buffer runs at SCHED_IDLE
+            while it keeps up and at SCHED_OTHER while the ring buffer is at least half
+            full (:mod:`probes.drainsched`); ``normal``: SCHED_OTHER throughout. Only the
+            mmap'd reader switches (bcc's per-event callback stays at SCHED_OTHER).
 
     Attributes after exit:
         events: events delivered (int). lost: events the kernel dropped (ring buffer full),
         ``lost_per_cpu``: the same per CPU (list, index = CPU). attach: an :class:`AttachReport`.
+        drain_boosts: times a half-full ring buffer sent the drain thread back to SCHED_OTHER.
         aggregate: None, or ``{"paths", "order", "hist", "max_depth", "depth_overflow",
         "unmatched_returns", "map_full"}`` (func ids: plan slots; see :mod:`probes.aggread`).
 
@@ -121,9 +96,13 @@ class Recorder:
 
     def __init__(self, plan: ProbePlan, ringbuf_pages: int = 1024, maxactive: int = 64, progress=lambda m: None,
                  probes: str = "auto", filters: Filters | None = None, aggregate: bool = False, sink=None,
-                 batch_events: int = 65536):
+                 batch_events: int = 65536, drain: str = "yield"):
         if probes not in PROBE_CHOICES:
             raise ValueError(f"probes must be one of {', '.join(PROBE_CHOICES)}, got {probes!r}")
+        if drain not in DRAIN_CHOICES:
+            raise ValueError(f"drain must be one of {', '.join(DRAIN_CHOICES)}, got {drain!r}")
+        self.drain = drain
+        self.drain_boosts = 0
         self.plan = plan
         self.ringbuf_pages = ringbuf_pages
         self.maxactive = maxactive
@@ -419,23 +398,17 @@ class Recorder:
             self._last_report = (time.monotonic(), 0)
             self._next_report = time.monotonic() + 2.0
             # 1/8 of the records a full ring buffer holds (40-byte records, 8-byte headers)
-            eighth = self.ringbuf_pages * 4096 // (EVENT_DTYPE.itemsize + 8) // 8
-            while not self._stop.is_set():
-                if self.aggregate_mode:
-                    self._stop.wait(0.1)
-                elif self._drain() < eighth:
-                    # paced: a reader that goes again as soon as it got anything spins on a CPU the
-                    # workload needs (measured, lab VM: it halved a flood's rate). A ring buffer less
-                    # than 1/8 full waits POLL_S; the default one (4 MiB, ~87,000 events) fills that
-                    # far in POLL_S only above ~437,000 events/s, and then the reader keeps going.
-                    self._stop.wait(POLL_S)
-                now = time.monotonic()
-                if self.pending and now >= self._next_check:
-                    self._next_check = now + 0.05
-                    self.attach_arrived()
-                if now >= self._next_report:
-                    self._next_report = now + 2.0
-                    self._report(now)
+            ring_bytes = self.ringbuf_pages * 4096
+            eighth = ring_bytes // (EVENT_DTYPE.itemsize + 8) // 8
+            sched = DrainScheduler(
+                self.drain if self._ring is not None else "normal", ring_bytes, progress=self.progress,
+                guard=lambda tid: GuardProcess(self._bpf["events"].map_fd, ring_bytes, tid, HIGH_WATER))
+            sched.start()
+            try:
+                self._poll_loop(sched, eighth)
+            finally:
+                sched.finish()
+                self.drain_boosts = sched.boosts + sched.guard_boosts
             if not self.aggregate_mode:
                 while self._drain() >= self.batch_events:
                     pass
@@ -443,6 +416,27 @@ class Recorder:
                     self._flush()
         except BaseException as err:  # surfaced in __exit__
             self._poll_error = err
+
+    def _poll_loop(self, sched: DrainScheduler, eighth: int) -> None:
+        while not self._stop.is_set():
+            if self._ring is not None and not self.aggregate_mode:
+                sched.update(self._ring.backlog())
+                self.drain_boosts = sched.boosts
+            if self.aggregate_mode:
+                self._stop.wait(0.1)
+            elif self._drain() < eighth:
+                # paced: a reader that goes again as soon as it got anything spins on a CPU the
+                # workload needs (measured, lab VM: it halved a flood's rate). A ring buffer less
+                # than 1/8 full waits POLL_S; the default one (4 MiB, ~87,000 events) fills that
+                # far in POLL_S only above ~437,000 events/s, and then the reader keeps going.
+                self._stop.wait(POLL_S)
+            now = time.monotonic()
+            if self.pending and now >= self._next_check:
+                self._next_check = now + 0.05
+                self.attach_arrived()
+            if now >= self._next_report:
+                self._next_report = now + 2.0
+                self._report(now)
 
     # -- context manager --------------------------------------------------
     def __enter__(self):

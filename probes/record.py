@@ -197,13 +197,15 @@ def _run_traffic(workloads, packets, duration, until_interrupt, command, meta, p
 
 
 def probe_and_stream(plan, stream, meta: dict, traffic, progress, ringbuf_pages: int = 1024,
-                     probes: str = "auto", filters=None, aggregate: bool = False, recorder=None) -> None:
+                     probes: str = "auto", filters=None, aggregate: bool = False, recorder=None,
+                     drain: str = "yield") -> None:
     """Attach the probes with ``stream`` as the Recorder's sink, run ``traffic()``, detach; fill ``meta``.
 
     ``traffic`` is a callable returning the workloads' results. ``recorder`` replaces
     :class:`probes.loader.Recorder` (tests). Sets ``meta`` keys ``mode``, ``probes``,
     ``filters``, ``attach_failed``, ``recorded_s``, ``workloads``, ``lost``,
-    ``lost_per_cpu``, ``modules_arrived``, ``mechanism``, and ``aggregate`` in counting mode.
+    ``lost_per_cpu``, ``modules_arrived``, ``mechanism``, ``drain`` (policy and boosts:
+    :mod:`probes.drainsched`), and ``aggregate`` in counting mode.
     """
     if recorder is None:
         from .loader import Recorder as recorder  # noqa: PLC0415, N813
@@ -211,7 +213,7 @@ def probe_and_stream(plan, stream, meta: dict, traffic, progress, ringbuf_pages:
     meta["probes"] = probes
     meta["filters"] = {k: v for k, v in _fields_of(filters).items() if v not in (None, {}, ())}
     with recorder(plan, ringbuf_pages=ringbuf_pages, progress=progress, probes=probes, filters=filters,
-                  aggregate=aggregate, sink=stream) as rec:
+                  aggregate=aggregate, sink=stream, drain=drain) as rec:
         meta["attach_failed"] = rec.attach.failed
         t0 = time.monotonic()
         meta["workloads"] = traffic()
@@ -219,6 +221,7 @@ def probe_and_stream(plan, stream, meta: dict, traffic, progress, ringbuf_pages:
     meta["lost"] = int(rec.lost)
     meta["lost_per_cpu"] = [int(x) for x in (rec.lost_per_cpu or [])]
     meta["modules_arrived"] = rec.arrived
+    meta["drain"] = {"policy": drain, "boosts": int(getattr(rec, "drain_boosts", 0))}
     meta["mechanism"] = mechanism_summary(plan)
     if aggregate:
         meta["aggregate"] = aggregate_meta(rec.aggregate or {}, plan.slot_names())
@@ -244,6 +247,7 @@ def record(
     filters=None,
     aggregate: bool = False,
     convert_after: bool = False,
+    drain: str = "yield",
 ) -> Path:
     """Probe the functions of ``specs`` while traffic flows; stream the trace to Parquet.
 
@@ -281,6 +285,8 @@ def record(
         convert_after: keep the raw records on disk (40 bytes per event) and write
             Parquet only after the run, so the run spends no CPU on it
             (:class:`probes.stream.TraceStream` ``convert_during=False``).
+        drain: ``yield`` (the ring buffer's drain thread runs at SCHED_IDLE while it
+            keeps up) or ``normal`` (:mod:`probes.drainsched`).
 
     Returns:
         the Parquet path. Its metadata's ``lost`` (and ``lost_per_cpu``) count
@@ -314,7 +320,8 @@ def record(
                     probe_and_stream(
                         plan, stream, meta,
                         lambda: _run_traffic(workloads, packets, duration, until_interrupt, command, meta, progress),
-                        progress, ringbuf_pages=ringbuf_pages, probes=probes, filters=filters, aggregate=aggregate)
+                        progress, ringbuf_pages=ringbuf_pages, probes=probes, filters=filters, aggregate=aggregate,
+                        drain=drain)
                     _settle_late_modules(plan)
                     meta["plan"] = plan.to_dict()
                 meta["ended"] = _now()

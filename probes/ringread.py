@@ -65,6 +65,11 @@ class RingReader:
         """(consumer, producer) positions in bytes since the map was created."""
         return struct.unpack_from("<Q", self._cons, 0)[0], struct.unpack_from("<Q", self._prod, 0)[0]
 
+    def backlog(self) -> int:
+        """Bytes written by the kernel and not yet consumed (record headers included)."""
+        cons, prod = self.positions()
+        return prod - cons
+
     def read(self, max_events: int = 1 << 16, out: np.ndarray | None = None) -> np.ndarray:
         """Copy out the records that are complete, up to ``max_events``; advance the consumer.
 

@@ -91,6 +91,7 @@ class Probing:
         dev: ``--dev``: an interface name (in ``netns``, else in callpath's own netns).
         pid: ``--pid``: a process id (its thread group is kept).
         convert_after: ``--convert-after``: Parquet is written after the run, not during it.
+        drain: ``--drain``: ``yield`` or ``normal`` (:mod:`probes.drainsched`).
     """
 
     probes: str = "auto"
@@ -99,6 +100,7 @@ class Probing:
     dev: str | None = None
     pid: int | None = None
     convert_after: bool = False
+    drain: str = "yield"
 
     def filtered(self) -> bool:
         return any(x is not None for x in (self.netns, self.dev, self.pid))
@@ -106,7 +108,8 @@ class Probing:
     def argv(self) -> list[str]:
         """The ``callpath record`` options for the lab guest (filters are refused there: :meth:`check_lab`)."""
         return (["--probes", self.probes] + (["--aggregate"] if self.aggregate else [])
-                + (["--convert-after"] if self.convert_after else []))
+                + (["--convert-after"] if self.convert_after else [])
+                + (["--drain", self.drain] if self.drain != "yield" else []))
 
     def check_lab(self) -> None:
         """Raise :class:`SessionError` when filters are asked for a lab VM run."""
@@ -127,7 +130,8 @@ class Probing:
             from .filters import resolve_filters  # noqa: PLC0415
 
             filters = resolve_filters(netns=self.netns, dev=self.dev, pid=self.pid)
-        return dict(probes=self.probes, aggregate=self.aggregate, filters=filters, convert_after=self.convert_after)
+        return dict(probes=self.probes, aggregate=self.aggregate, filters=filters, convert_after=self.convert_after,
+                    drain=self.drain)
 
 
 def needs_root(host: bool) -> None:

@@ -1,4 +1,4 @@
-"""The overhead benchmark's own pieces (benchmarks/bench_overhead.py, benchmarks/overhead_flood.py).
+"""The overhead benchmark's own pieces (benchmarks/bench_overhead.py, overhead_flood.py, peers.py).
 
 Unit tests need neither root nor the lab VM; the ``root`` test sends a real
 flood between two macvlans in namespaces it creates and removes.
@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_overhead as bench  # noqa: E402
 import overhead_flood  # noqa: E402
+import peers  # noqa: E402
 
 
 def _fp(symbol, status="traceable", sites=()):
@@ -29,7 +30,7 @@ def test_symbols_leave_out_inline_sites_and_modules_not_loaded():
 
 
 def test_bpftrace_program_pairs_kprobe_and_kretprobe_and_says_when_attached():
-    text = bench.bpftrace_program(["macvlan_start_xmit", "dev_forward_skb"])
+    text = peers.bpftrace_program(["macvlan_start_xmit", "dev_forward_skb"])
     assert "kprobe:macvlan_start_xmit,kretprobe:macvlan_start_xmit" in text
     assert "kprobe:dev_forward_skb,kretprobe:dev_forward_skb" in text
     assert text.count("@[probe] = count()") == 1

@@ -40,7 +40,7 @@ from callpath.bpf import program_source
 from callpath.probes.btf import load_kernel_btf
 from callpath.probes.fields import resolve_fields
 from callpath.probes.filters import Filters
-from callpath.probes.loader import bpf_cflags
+from callpath.probes.cflags import bpf_cflags
 fields = resolve_fields(load_kernel_btf(), "running kernel")  # real offsets: the reads are compiled in
 # streaming; counting (the per-thread stack, bpf/callpath_stack.h), with path ids from one atomic
 # counter and from per-CPU counters (kernels before 5.12); streaming filtered by ifindex

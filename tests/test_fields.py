@@ -10,7 +10,7 @@ from test_btf import STRUCT, TYPEDEF, UNION, BtfBuilder
 
 from callpath.probes.btf import BtfError, load_kernel_btf, parse_btf
 from callpath.probes.fields import PROGRAM_FIELDS, FieldError, field_cflags, resolve_fields
-from callpath.probes.loader import bpf_cflags
+from callpath.probes.cflags import bpf_cflags
 
 
 def _members(b: BtfBuilder, members) -> bytes:

@@ -9,9 +9,10 @@ import pytest
 from callpath.probes.aggread import read_aggregate
 from callpath.probes.bpfgen import fentry_candidates, program_text
 from callpath.probes.btf import BtfFunction, BtfParam
+from callpath.probes.cflags import bpf_cflags
 from callpath.probes.event import EVENT_DTYPE, CallpathEvent, comm_name, split_arg
 from callpath.probes.filters import FilterError, Filters, resolve_filters
-from callpath.probes.loader import Recorder, bpf_cflags
+from callpath.probes.loader import Recorder
 from callpath.probes.plan import FunctionPlan, ProbePlan, _btf_facts
 
 SKB = BtfParam("skb", "struct sk_buff *", 1, "struct sk_buff")

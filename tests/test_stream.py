@@ -353,8 +353,9 @@ class FakeRecorder:
     seen: dict = {}
 
     def __init__(self, plan, ringbuf_pages=1024, progress=None, probes="auto", filters=None, aggregate=False,
-                 sink=None):
-        FakeRecorder.seen = dict(probes=probes, filters=filters, aggregate=aggregate, sink=sink)
+                 sink=None, drain="yield"):
+        FakeRecorder.seen = dict(probes=probes, filters=filters, aggregate=aggregate, sink=sink, drain=drain)
+        self.drain_boosts = 2
         self.plan, self.sink, self.aggregate_mode = plan, sink, aggregate
         self.attach = SimpleNamespace(failed={"d": "no such symbol"})
         self.arrived = {}
@@ -383,11 +384,13 @@ def test_probe_and_stream_fills_meta(tmp_path, aggregate):
     rec_mod.probe_and_stream(plan, stream, meta, lambda: [{"name": "veth"}], lambda m: None, probes="kprobe",
                              filters=filters, aggregate=aggregate, recorder=FakeRecorder)
     assert FakeRecorder.seen["probes"] == "kprobe" and FakeRecorder.seen["sink"] is stream
+    assert FakeRecorder.seen["drain"] == "yield"
     stream.close(meta)
     t = read_trace(tmp_path / "t.parquet")
     assert t.meta["mode"] == ("aggregate" if aggregate else "events")
     assert t.meta["lost"] == 5 and t.meta["lost_per_cpu"] == [0, 5] and t.meta["probes"] == "kprobe"
     assert t.meta["filters"] == {"netns": 4026531840} and t.meta["attach_failed"] == {"d": "no such symbol"}
+    assert t.meta["drain"] == {"policy": "yield", "boosts": 2}
     assert "fentry/fexit: 1" in t.meta["mechanism"] and "kprobe/kretprobe: 1" in t.meta["mechanism"]
     if aggregate:
         assert len(t.events) == 0
@@ -473,7 +476,9 @@ def test_probing_argv_for_the_lab_guest():
     assert Probing().argv() == ["--probes", "auto"]
     assert Probing(probes="kprobe", aggregate=True).argv() == ["--probes", "kprobe", "--aggregate"]
     assert Probing(convert_after=True).argv() == ["--probes", "auto", "--convert-after"]
-    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None, "convert_after": False}
+    assert Probing(drain="normal").argv() == ["--probes", "auto", "--drain", "normal"]
+    assert Probing(drain="normal").kwargs()["drain"] == "normal"
+    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None, "convert_after": False, "drain": "yield"}
 
 
 def test_cli_parses_probe_flags():
