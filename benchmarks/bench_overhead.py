@@ -12,9 +12,9 @@ received packets/s is kept):
              both per-event variants stream to Parquet like `record` (probes/stream.py)
   fentry     callpath per-event, --probes auto: fentry/fexit wherever the kernel allows,
              kprobe/kretprobe for the rest (the "mechanisms" field counts them)
-  fentry-normal  as fentry, the drain thread at SCHED_OTHER throughout (`record --drain normal`):
-             by default it runs at SCHED_IDLE while it keeps up, and a guard process sets it back to
-             SCHED_OTHER when the ring buffer is half full (probes/drainsched.py, probes/drainguard.py)
+  fentry-yield  as fentry, with `record --drain yield`: the drain thread at SCHED_IDLE while it
+             keeps up, and a guard process sets it back to SCHED_OTHER when the ring buffer is half
+             full (probes/drainsched.py, probes/drainguard.py); the default is SCHED_OTHER throughout
   fentry-busy  as fentry, with no spool backlog (TraceStream backlog_bytes=0): each full 64 MiB
              segment is converted during the run, as sustained traffic past the 256 MiB backlog is
   fentry-after  as fentry, with `record --convert-after`: raw records wait on disk and become
@@ -83,7 +83,7 @@ from perfprofile import profiled  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-normal", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-yield", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool",
             "fentry-devnull",
             "fentry-helper-reads", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
@@ -167,8 +167,8 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
     kwargs: dict = {"probes": "kprobe" if variant == "kprobe" else "auto"}
     stream = None
     scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-")
-    if variant == "fentry-normal":
-        kwargs["drain"] = "normal"
+    if variant == "fentry-yield":
+        kwargs["drain"] = "yield"
     if variant == "aggregate":
         kwargs["aggregate"] = True
     elif variant == "fentry-drain":

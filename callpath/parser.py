@@ -67,11 +67,12 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--convert-after", action="store_true",
                    help="keep raw events on disk (40 bytes each) during the run and write the Parquet trace "
                    "after it: the run spends no CPU on Parquet (busy hosts; needs the disk space)")
-    g.add_argument("--drain", choices=["yield", "normal"], default="yield",
-                   help="yield (default): the thread copying events out of the ring buffer runs at SCHED_IDLE "
-                   "while it keeps up, so the traced workload's threads preempt it at once; a guard process "
-                   "sets it back to the normal policy when the ring buffer is half full. normal: the normal "
-                   "policy throughout")
+    g.add_argument("--drain", choices=["normal", "yield"], default="normal",
+                   help="normal (default): the thread copying events out of the ring buffer runs at the normal "
+                   "policy. yield (experimental): at SCHED_IDLE while it keeps up, so the traced workload's "
+                   "threads preempt it at once, set back to the normal policy by a guard process when the "
+                   "ring buffer is half full; in the lab it cost as much as normal and lost more events "
+                   "(README, Overhead)")
     g.add_argument("--netns", metavar="NAME|PATH|INODE",
                    help="keep only events in this network namespace (a name under /run/netns, a path, or an inode)")
     g.add_argument("--dev", metavar="IFNAME", help="keep only events of this interface (in --netns, else in ours)")

@@ -27,7 +27,10 @@ once the guard is watching; if the guard cannot start, it stays at
 SCHED_OTHER. Events the kernel still cannot reserve are counted as lost, as
 always.
 
-``normal`` keeps the thread at SCHED_OTHER throughout (``record --drain normal``).
+``normal``, the default, keeps the thread at SCHED_OTHER throughout. ``yield``
+is experimental (``record --drain yield``): in the lab (2026-12-05) it cost as
+much as ``normal`` under a flood that keeps the ring buffer filling, and lost
+more events (README, Overhead).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import os
 import threading
 from typing import Callable
 
-DRAIN_CHOICES = ("yield", "normal")
+DRAIN_CHOICES = ("normal", "yield")
 #: A drain that finds the ring buffer at least this full (fraction of its size) switches to SCHED_OTHER.
 HIGH_WATER = 1 / 2
 #: A drain that finds it less full than this switches (back) to SCHED_IDLE.

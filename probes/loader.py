@@ -78,10 +78,11 @@ class Recorder:
         sink: callable receiving batches (numpy structured arrays, ``probes.event.EVENT_DTYPE``)
             from the poll thread, at most ``batch_events`` rows, at least every 0.5 s while
             events flow. None: events are kept in ``rows`` (tuples, TRACE_COLUMNS order).
-        drain: ``yield`` (default): the thread draining the ring buffer runs at SCHED_IDLE
-            while it keeps up and at SCHED_OTHER while the ring buffer is at least half
-            full (:mod:`probes.drainsched`); ``normal``: SCHED_OTHER throughout. Only the
-            mmap'd reader switches (bcc's per-event callback stays at SCHED_OTHER).
+        drain: ``normal`` (default): the thread draining the ring buffer runs at SCHED_OTHER;
+            ``yield`` (experimental): at SCHED_IDLE while it keeps up, set back to SCHED_OTHER
+            by a guard process when the ring buffer is half full (:mod:`probes.drainsched`;
+            it can lose events under a flood). Only the mmap'd reader switches (bcc's
+            per-event callback stays at SCHED_OTHER).
 
     Attributes after exit:
         events: events delivered (int). lost: events the kernel dropped (ring buffer full),
@@ -96,7 +97,7 @@ class Recorder:
 
     def __init__(self, plan: ProbePlan, ringbuf_pages: int = 1024, maxactive: int = 64, progress=lambda m: None,
                  probes: str = "auto", filters: Filters | None = None, aggregate: bool = False, sink=None,
-                 batch_events: int = 65536, drain: str = "yield"):
+                 batch_events: int = 65536, drain: str = "normal"):
         if probes not in PROBE_CHOICES:
             raise ValueError(f"probes must be one of {', '.join(PROBE_CHOICES)}, got {probes!r}")
         if drain not in DRAIN_CHOICES:

@@ -198,7 +198,7 @@ def _run_traffic(workloads, packets, duration, until_interrupt, command, meta, p
 
 def probe_and_stream(plan, stream, meta: dict, traffic, progress, ringbuf_pages: int = 1024,
                      probes: str = "auto", filters=None, aggregate: bool = False, recorder=None,
-                     drain: str = "yield") -> None:
+                     drain: str = "normal") -> None:
     """Attach the probes with ``stream`` as the Recorder's sink, run ``traffic()``, detach; fill ``meta``.
 
     ``traffic`` is a callable returning the workloads' results. ``recorder`` replaces
@@ -247,7 +247,7 @@ def record(
     filters=None,
     aggregate: bool = False,
     convert_after: bool = False,
-    drain: str = "yield",
+    drain: str = "normal",
 ) -> Path:
     """Probe the functions of ``specs`` while traffic flows; stream the trace to Parquet.
 
@@ -285,8 +285,8 @@ def record(
         convert_after: keep the raw records on disk (40 bytes per event) and write
             Parquet only after the run, so the run spends no CPU on it
             (:class:`probes.stream.TraceStream` ``convert_during=False``).
-        drain: ``yield`` (the ring buffer's drain thread runs at SCHED_IDLE while it
-            keeps up) or ``normal`` (:mod:`probes.drainsched`).
+        drain: ``normal`` (default: the ring buffer's drain thread at SCHED_OTHER) or
+            ``yield`` (experimental: at SCHED_IDLE while it keeps up; :mod:`probes.drainsched`).
 
     Returns:
         the Parquet path. Its metadata's ``lost`` (and ``lost_per_cpu``) count

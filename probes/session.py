@@ -100,7 +100,7 @@ class Probing:
     dev: str | None = None
     pid: int | None = None
     convert_after: bool = False
-    drain: str = "yield"
+    drain: str = "normal"
 
     def filtered(self) -> bool:
         return any(x is not None for x in (self.netns, self.dev, self.pid))
@@ -109,7 +109,7 @@ class Probing:
         """The ``callpath record`` options for the lab guest (filters are refused there: :meth:`check_lab`)."""
         return (["--probes", self.probes] + (["--aggregate"] if self.aggregate else [])
                 + (["--convert-after"] if self.convert_after else [])
-                + (["--drain", self.drain] if self.drain != "yield" else []))
+                + (["--drain", self.drain] if self.drain != "normal" else []))
 
     def check_lab(self) -> None:
         """Raise :class:`SessionError` when filters are asked for a lab VM run."""

@@ -353,7 +353,7 @@ class FakeRecorder:
     seen: dict = {}
 
     def __init__(self, plan, ringbuf_pages=1024, progress=None, probes="auto", filters=None, aggregate=False,
-                 sink=None, drain="yield"):
+                 sink=None, drain="normal"):
         FakeRecorder.seen = dict(probes=probes, filters=filters, aggregate=aggregate, sink=sink, drain=drain)
         self.drain_boosts = 2
         self.plan, self.sink, self.aggregate_mode = plan, sink, aggregate
@@ -382,7 +382,7 @@ def test_probe_and_stream_fills_meta(tmp_path, aggregate):
     meta = {"kernel": "6.1.0-test"}
     filters = SimpleNamespace(netns=4026531840, ifindex=None, tgid=None)
     rec_mod.probe_and_stream(plan, stream, meta, lambda: [{"name": "veth"}], lambda m: None, probes="kprobe",
-                             filters=filters, aggregate=aggregate, recorder=FakeRecorder)
+                             filters=filters, aggregate=aggregate, recorder=FakeRecorder, drain="yield")
     assert FakeRecorder.seen["probes"] == "kprobe" and FakeRecorder.seen["sink"] is stream
     assert FakeRecorder.seen["drain"] == "yield"
     stream.close(meta)
@@ -476,9 +476,9 @@ def test_probing_argv_for_the_lab_guest():
     assert Probing().argv() == ["--probes", "auto"]
     assert Probing(probes="kprobe", aggregate=True).argv() == ["--probes", "kprobe", "--aggregate"]
     assert Probing(convert_after=True).argv() == ["--probes", "auto", "--convert-after"]
-    assert Probing(drain="normal").argv() == ["--probes", "auto", "--drain", "normal"]
-    assert Probing(drain="normal").kwargs()["drain"] == "normal"
-    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None, "convert_after": False, "drain": "yield"}
+    assert Probing(drain="yield").argv() == ["--probes", "auto", "--drain", "yield"]
+    assert Probing(drain="yield").kwargs()["drain"] == "yield"
+    assert Probing().kwargs() == {"probes": "auto", "aggregate": False, "filters": None, "convert_after": False, "drain": "normal"}
 
 
 def test_cli_parses_probe_flags():
