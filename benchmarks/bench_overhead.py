@@ -12,6 +12,9 @@ received packets/s is kept):
              both per-event variants stream to Parquet like `record` (probes/stream.py)
   fentry     callpath per-event, --probes auto: fentry/fexit wherever the kernel allows,
              kprobe/kretprobe for the rest (the "mechanisms" field counts them)
+  fentry-shm, fentry-spool-shm  as fentry and fentry-spool, with the trace and spool in /dev/shm
+             (a plain tmpfs) instead of the temp directory (in the lab VM: /tmp, an overlayfs
+             whose upper layer is a tmpfs)
   fentry-yield  as fentry, with `record --drain yield`: the drain thread at SCHED_IDLE while it
              keeps up, and a guard process sets it back to SCHED_OTHER when the ring buffer is half
              full (probes/drainsched.py, probes/drainguard.py); the default is SCHED_OTHER throughout
@@ -83,8 +86,8 @@ from perfprofile import profiled  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-yield", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool",
-            "fentry-devnull",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-shm", "fentry-yield", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool",
+            "fentry-devnull", "fentry-spool-shm",
             "fentry-helper-reads", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +169,12 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
 
     kwargs: dict = {"probes": "kprobe" if variant == "kprobe" else "auto"}
     stream = None
-    scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-")
+    where = None
+    if variant.endswith("-shm"):
+        if not is_tmpfs("/dev/shm"):
+            return {"skipped": "/dev/shm is not a tmpfs here"}
+        where, variant = "/dev/shm", variant.removesuffix("-shm")
+    scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-", dir=where)
     if variant == "fentry-yield":
         kwargs["drain"] = "yield"
     if variant == "aggregate":
@@ -207,6 +215,15 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
             probes[fp.probe] = probes.get(fp.probe, 0) + 1
     row["mechanisms"] = probes
     return row
+
+
+def is_tmpfs(path: str) -> bool:
+    """Whether ``path`` is a mount point of a tmpfs (from /proc/mounts)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    return any(f[1] == path and f[2] == "tmpfs" for f in (ln.split() for ln in mounts) if len(f) > 2)
 
 
 class FileSink:
