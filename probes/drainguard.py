@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import select
 import struct
 import subprocess
 import sys
-import time
 from typing import Callable
 
 #: Seconds between two looks at the ring buffer: at the 4 MiB default and ~25,000
@@ -127,7 +127,8 @@ class GuardProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "callpath.probes.drainguard", str(map_fd), str(ring_bytes), str(tid),
              str(interval), str(high_water)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(map_fd,), start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(map_fd,), start_new_session=True,
+            bufsize=0)  # unbuffered: ready() reads one line, communicate() in stop() the rest
         runstate.register("pid", str(self.proc.pid))  # swept after a SIGKILL (it also exits on end of input)
         self._ready: bool | None = False
         self.error = ""
@@ -144,30 +145,15 @@ class GuardProcess:
         return self._ready
 
     def stop(self, timeout: float = 2.0) -> int:
-        """End the guard; returns the boosts it made (0 if it did not say). Never raises."""
-        boosts = 0
+        """End the guard (end of its input; killed after ``timeout`` s); returns the boosts it made (0 if it did not say)."""
         try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        deadline = time.monotonic() + timeout
-        while self._ready is not None and time.monotonic() < deadline:
-            readable, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = self.proc.stdout.readline().decode(errors="replace").strip() if readable else ""
-            if line.startswith("boosts "):
-                boosts = int(line.split()[1])
-                break
-            if not line and (not readable or self.proc.poll() is not None):
-                break
-        try:
-            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            out, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
+            out, _ = self.proc.communicate()
         self._runstate.unregister("pid", str(self.proc.pid))
-        return boosts
-
+        found = re.search(rb"^boosts (\d+)$", out or b"", re.MULTILINE)
+        return int(found[1]) if found else 0
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

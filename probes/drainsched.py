@@ -88,6 +88,11 @@ class DrainScheduler:
         self._armed = False
         self._broken = policy != "yield" or self._set is None or self._get is None or not hasattr(os, "SCHED_IDLE")
 
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`update` can still switch anything (False under ``normal``, or once given up)."""
+        return not self._broken
+
     def _give_up(self, why: str) -> None:
         self._broken = True
         self.progress(f"drain: {why}; the drain thread stays at the normal policy")

@@ -420,7 +420,7 @@ class Recorder:
 
     def _poll_loop(self, sched: DrainScheduler, eighth: int) -> None:
         while not self._stop.is_set():
-            if self._ring is not None and not self.aggregate_mode:
+            if sched.active:  # only under --drain yield with the mmap'd reader: no position reads otherwise
                 sched.update(self._ring.backlog())
                 self.drain_boosts = sched.boosts
             if self.aggregate_mode:
