@@ -1,4 +1,4 @@
-"""Counting mode with parts of its BPF body taken out: where ``--aggregate``'s cost goes.
+"""callpath's BPF program with parts of its body taken out: where its cost goes.
 
 Each ablation is callpath's program text (``callpath.bpf.program_source``) with
 exact replacements, compiled and attached as the loader does it, so a flood
@@ -11,6 +11,16 @@ with it measures the program less that part:
   aggregate-noclock   no bpf_ktime_get_ns() at entry or return (durations wrong)
   aggregate-nopath    no path interning at entry nor path count (or child order) at return
                       (no path counts, no orders)
+
+The ``event-`` ablations are the per-event program (``fentry-drain``: the drain's sink
+only counts) less a part:
+
+  event-empty         handle_dev() returns at once: the trampolines, kprobes and the
+                      entry's device facts alone, nothing reserved, nothing drained
+  event-noreserve     emit() returns before the ring buffer reserve: all but the ring
+                      buffer and the drain (thread name, pid/tgid, filters)
+  event-nocomm        no note_comm() at entry (thread names missing)
+  event-noclock       no bpf_ktime_get_ns() in the record (timestamps 0)
 
 The results are wrong by construction; only their cost means anything. A
 replacement that no longer matches the program raises ``ValueError``, so the
@@ -33,7 +43,20 @@ ABLATIONS: dict[str, list[tuple[str, str]]] = {
                          ("\tstruct pathval *v = path_stats.lookup(&path);\n",
                           "\tstruct pathval *v;\n\n\tif (ns != 0x5eed)\n\t\treturn;\n"
                           "\tv = path_stats.lookup(&path);\n")],
+    "event-empty": [("\tstruct devinfo d = *dev;\n\tint keep = 1;\n",
+                     "\tstruct devinfo d = *dev;\n\tint keep = 1;\n\tif (!CALLPATH_AGGREGATE)\n\t\treturn 0;\n")],
+    # the reserve stays in the code (behind a test the compiler cannot drop) but never runs
+    "event-noreserve": [("\te = events.ringbuf_reserve(sizeof(*e));\n",
+                         "\tif (pid_tgid != 0x5eed)\n\t\treturn 0;\n\te = events.ringbuf_reserve(sizeof(*e));\n")],
+    "event-nocomm": [("\t\tnote_comm((u32)pid_tgid);\n", "\t\t;\n")],
+    "event-noclock": [("\te->ts_ns = bpf_ktime_get_ns();\n", "\te->ts_ns = 0;\n")],
 }
+
+
+def mode_of(name: str) -> str:
+    """The bench variant an ablation is measured as: ``fentry-drain`` for ``event-*``,
+    else ``aggregate``."""
+    return "fentry-drain" if name.startswith("event-") else "aggregate"
 
 
 def ablated_source(name: str, source: str) -> str:

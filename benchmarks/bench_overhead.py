@@ -24,6 +24,8 @@ received packets/s is kept):
              Parquet after the run, so the run spends no CPU on Parquet
   fentry-drain  as fentry, the sink only counts what the ring buffer gives: the cost of the
              probes and the drain alone (no file)
+  fentry-held  as fentry-drain, with a 256 MiB ring buffer that is drained only after the
+             measured floods: the probes and the ring buffer's reserve/submit, no reader running
   fentry-spool  as fentry-drain, the sink appending each batch to one file beside where the
              trace would be, as the spool does, with no converter process: the write alone
   fentry-devnull  as fentry-spool, into /dev/null: the write(2) calls without the page cache
@@ -32,6 +34,8 @@ received packets/s is kept):
   aggregate  callpath counting mode (aggregate=True): no events streamed
   aggregate-empty, aggregate-state, aggregate-noclock, aggregate-nopath
              counting mode less a part of its BPF body (benchmarks/ablation.py): where its cost goes
+  event-empty, event-noreserve, event-nocomm, event-noclock
+             fentry-drain less a part of its BPF body (benchmarks/ablation.py)
   aggregate@FILE  counting mode compiled from the program text in FILE (bpf/callpath.bpf.c with its
              headers pasted in, as ``record --print-bpf`` shows it, changed): a candidate program
              A/B against the current one in one boot (the host's files are visible read-only in the VM)
@@ -72,7 +76,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bpfstats  # noqa: E402
-from ablation import ABLATIONS, ablated_source  # noqa: E402
+from ablation import ABLATIONS, ablated_source, mode_of  # noqa: E402
 from callpath.probes import kernel  # noqa: E402
 from inlab import run_inside_lab, show  # noqa: E402
 from overhead_flood import flood, macvlan_pair  # noqa: E402
@@ -86,7 +90,7 @@ from perfprofile import profiled  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-shm", "fentry-yield", "fentry-busy", "fentry-after", "fentry-drain", "fentry-spool",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-shm", "fentry-yield", "fentry-busy", "fentry-after", "fentry-drain", "fentry-held", "fentry-spool",
             "fentry-devnull", "fentry-spool-shm",
             "fentry-helper-reads", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
@@ -181,6 +185,9 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
         kwargs["aggregate"] = True
     elif variant == "fentry-drain":
         kwargs["sink"] = lambda batch: None  # Recorder counts the events it hands over
+    elif variant == "fentry-held":
+        held = HeldSink()
+        kwargs.update(sink=held, ringbuf_pages=HELD_RINGBUF_PAGES)
     elif variant in ("fentry-spool", "fentry-devnull"):
         kwargs["sink"] = FileSink(os.devnull if variant == "fentry-devnull" else Path(scratch.name) / "spool")
     else:
@@ -194,7 +201,11 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
             rec.cflags = lambda: bpf_cflags(rec.ringbuf_pages, plan.fields) + ["-DCALLPATH_DIRECT_LOADS=0"]
         with rec:
             t0 = time.monotonic()
-            row = measure(socks, args)
+            try:
+                row = measure(socks, args)
+            finally:
+                if variant == "fentry-held":
+                    held.release()  # the drain goes on, so leaving the recorder cannot hang on it
         seconds = time.monotonic() - t0
         if stream is not None:
             t1 = time.monotonic()
@@ -226,6 +237,27 @@ def is_tmpfs(path: str) -> bool:
     return any(f[1] == path and f[2] == "tmpfs" for f in (ln.split() for ln in mounts) if len(f) > 2)
 
 
+#: fentry-held's ring buffer: 256 MiB, room for every record of a default run's floods
+#: (about 1.4 million 48-byte records in the lab's macvlan flood)
+HELD_RINGBUF_PAGES = 65536
+
+
+class HeldSink:
+    """A Recorder sink whose first batch holds the drain thread until ``release()``: the
+    floods run with a ring buffer nobody reads (the kernel side's cost alone), drained after."""
+
+    def __init__(self):
+        import threading
+
+        self._go = threading.Event()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def __call__(self, batch) -> None:
+        self._go.wait()
+
+
 class FileSink:
     """A Recorder sink that appends each batch's raw records to one file (unbuffered), as
     probes/stream.py's spool does, and nothing else (no converter)."""
@@ -244,10 +276,11 @@ class FileSink:
 
 # -- the run -----------------------------------------------------------------
 def run_ablation(v: str, plan, socks, args, progress) -> dict:
-    """Counting mode with ablation ``v`` (benchmarks/ablation.py) in the program text bcc compiles."""
+    """Counting mode (``aggregate-*``) or the per-event drain (``event-*``) with ablation ``v``
+    (benchmarks/ablation.py) in the program text bcc compiles."""
     from callpath.bpf import program_source
 
-    return run_counting_text(ablated_source(v, program_source()), plan, socks, args, progress)  # ValueError first
+    return run_text(ablated_source(v, program_source()), mode_of(v), plan, socks, args, progress)  # ValueError first
 
 
 def candidate_file(v: str) -> Path | None:
@@ -256,14 +289,19 @@ def candidate_file(v: str) -> Path | None:
 
 
 def run_counting_text(text: str, plan, socks, args, progress) -> dict:
-    """Counting mode compiled from ``text`` instead of bpf/callpath.bpf.c (the generated fentry
-    handlers are appended as usual)."""
+    """Counting mode compiled from ``text`` instead of bpf/callpath.bpf.c."""
+    return run_text(text, "aggregate", plan, socks, args, progress)
+
+
+def run_text(text: str, variant: str, plan, socks, args, progress) -> dict:
+    """callpath ``variant`` compiled from ``text`` instead of bpf/callpath.bpf.c (the generated
+    fentry handlers are appended as usual)."""
     from callpath.bpf import program_source
     from callpath.probes import bpfgen
 
     bpfgen.program_source = lambda: text
     try:
-        return run_callpath("aggregate", plan, socks, args, progress)
+        return run_callpath(variant, plan, socks, args, progress)
     finally:
         bpfgen.program_source = program_source
 

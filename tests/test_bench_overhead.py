@@ -143,6 +143,17 @@ def test_ablations_apply_to_the_program_as_it_is_and_refuse_a_drifted_one():
         src.count("bpf_ktime_get_ns()") - 2
     with pytest.raises(ValueError, match="aggregate-noclock"):
         ablation.ablated_source("aggregate-noclock", src.replace("st->t0[slot_of(d)] = bpf_ktime_get_ns();", ""))
+    # the per-event ablations: the record's stamp goes, the counting clock reads stay
+    assert ablation.ablated_source("event-noclock", src).count("bpf_ktime_get_ns()") == \
+        src.count("bpf_ktime_get_ns()") - 1
+    assert "note_comm((u32)pid_tgid)" not in ablation.ablated_source("event-nocomm", src)
+    assert [ablation.mode_of(n) for n in ("event-empty", "aggregate-empty")] == ["fentry-drain", "aggregate"]
+
+
+def test_an_event_ablation_runs_as_the_per_event_drain(monkeypatch):
+    seen, _ = _seen_program(monkeypatch)
+    assert bench.run_variant("event-noreserve", SimpleNamespace(), None, None, print) == {"recv_pps": 1}
+    assert seen["variant"] == "fentry-drain" and "if (pid_tgid != 0x5eed)" in seen["text"]
 
 
 def _seen_program(monkeypatch):
@@ -195,3 +206,15 @@ def test_perf_profile_is_off_by_default_and_says_why_when_perf_is_missing(monkey
     with perfprofile.profiled(row):
         ran = "again"
     assert ran == "again" and row["profile"] == ["not profiled: no perf on PATH"]
+
+
+def test_the_held_sink_holds_the_drain_until_released():
+    import threading
+
+    sink = bench.HeldSink()
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (sink(None), done.set()), daemon=True)
+    t.start()
+    assert not done.wait(0.2)  # held
+    sink.release()
+    assert done.wait(5)
