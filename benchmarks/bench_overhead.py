@@ -288,11 +288,6 @@ def candidate_file(v: str) -> Path | None:
     return Path(v.split("@", 1)[1]) if v.startswith("aggregate@") else None
 
 
-def run_counting_text(text: str, plan, socks, args, progress) -> dict:
-    """Counting mode compiled from ``text`` instead of bpf/callpath.bpf.c."""
-    return run_text(text, "aggregate", plan, socks, args, progress)
-
-
 def run_text(text: str, variant: str, plan, socks, args, progress) -> dict:
     """callpath ``variant`` compiled from ``text`` instead of bpf/callpath.bpf.c (the generated
     fentry handlers are appended as usual)."""
@@ -317,7 +312,7 @@ def run_variant(v: str, plan, socks, args, progress) -> dict:
         if v in ABLATIONS:
             return run_ablation(v, copy.deepcopy(plan), socks, args, progress)
         if candidate_file(v):
-            return run_counting_text(candidate_file(v).read_text(), copy.deepcopy(plan), socks, args, progress)
+            return run_text(candidate_file(v).read_text(), "aggregate", copy.deepcopy(plan), socks, args, progress)
         return run_callpath(v, copy.deepcopy(plan), socks, args, progress)
     except Exception as err:  # noqa: BLE001 - one variant failing leaves the others measured
         return {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
