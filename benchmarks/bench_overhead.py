@@ -18,6 +18,8 @@ received packets/s is kept):
   fentry-yield  as fentry, with `record --drain yield`: the drain thread at SCHED_IDLE while it
              keeps up, and a guard process sets it back to SCHED_OTHER when the ring buffer is half
              full (probes/drainsched.py, probes/drainguard.py); the default is SCHED_OTHER throughout
+  fentry-defer  as fentry, with `record --drain defer` and a 256 MiB ring buffer (as fentry-held):
+             events wait in the ring buffer while a flood lasts and go to the spool in the pauses
   fentry-busy  as fentry, with no spool backlog (TraceStream backlog_bytes=0): each full 64 MiB
              segment is converted during the run, as sustained traffic past the 256 MiB backlog is
   fentry-after  as fentry, with `record --convert-after`: raw records wait on disk and become
@@ -90,7 +92,7 @@ from perfprofile import profiled  # noqa: E402
 #: read the TSC; the benchmark's VM boots with it.
 CLOCK_APPEND = "tsc=reliable clocksource=tsc"
 
-VARIANTS = ("none", "kprobe", "fentry", "fentry-shm", "fentry-yield", "fentry-busy", "fentry-after", "fentry-drain", "fentry-held", "fentry-spool",
+VARIANTS = ("none", "kprobe", "fentry", "fentry-shm", "fentry-yield", "fentry-defer", "fentry-busy", "fentry-after", "fentry-drain", "fentry-held", "fentry-spool",
             "fentry-devnull", "fentry-spool-shm",
             "fentry-helper-reads", "aggregate", *ABLATIONS, "bpftrace", "ftrace",
             "none-after")
@@ -181,6 +183,8 @@ def run_callpath(variant: str, plan, socks, args, progress) -> dict:
     scratch = tempfile.TemporaryDirectory(prefix="callpath-bench-", dir=where)
     if variant == "fentry-yield":
         kwargs["drain"] = "yield"
+    if variant == "fentry-defer":
+        kwargs.update(drain="defer", ringbuf_pages=HELD_RINGBUF_PAGES)
     if variant == "aggregate":
         kwargs["aggregate"] = True
     elif variant == "fentry-drain":
@@ -429,6 +433,9 @@ def main(argv=None) -> int:
                     "table was measured; callpath's lab runs use single, see probes/labvm.py)")
     ap.add_argument("--memory", default="2G",
                     help="the lab VM's memory (vng --memory; default 2G, as every table in the README was measured)")
+    ap.add_argument("--prealloc", action="store_true",
+                    help="back the lab VM's RAM with host memory at boot (QEMU -mem-prealloc): no host page fault "
+                         "on a guest page's first write")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="turn on BPF run-time statistics (BPF_ENABLE_STATS) and add each variant's BPF program "
                     "runs and ns per run (bodies only, no kprobe or trampoline around them; slows every program)")
@@ -461,7 +468,8 @@ def main(argv=None) -> int:
         return argv
 
     rc, result = run_inside_lab(inner, "overhead.json", args.kernel, append=args.append or None,
-                                tcg_threads=args.tcg_threads, memory=args.memory)
+                                tcg_threads=args.tcg_threads, memory=args.memory,
+                                prealloc=args.prealloc)
     return show("bench_overhead", rc, result, args.json, table)
 
 

@@ -67,12 +67,14 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--convert-after", action="store_true",
                    help="keep raw events on disk (40 bytes each) during the run and write the Parquet trace "
                    "after it: the run spends no CPU on Parquet (busy hosts; needs the disk space)")
-    g.add_argument("--drain", choices=["normal", "yield"], default="normal",
+    g.add_argument("--drain", choices=["normal", "yield", "defer"], default="normal",
                    help="normal (default): the thread copying events out of the ring buffer runs at the normal "
                    "policy. yield (experimental): at SCHED_IDLE while it keeps up, so the traced workload's "
                    "threads preempt it at once, set back to the normal policy by a guard process when the "
                    "ring buffer is half full; in the lab it cost as much as normal and lost more events "
-                   "(README, Overhead)")
+                   "(README, Overhead). defer: leave events in the ring buffer while traffic flows and read "
+                   "them when it pauses (0.2 s) or the ring buffer is half full: a burst that fits costs "
+                   "the traffic no copy and no disk write; size the ring buffer for it with --ringbuf-pages")
     g.add_argument("--netns", metavar="NAME|PATH|INODE",
                    help="keep only events in this network namespace (a name under /run/netns, a path, or an inode)")
     g.add_argument("--dev", metavar="IFNAME", help="keep only events of this interface (in --netns, else in ours)")

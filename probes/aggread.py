@@ -157,3 +157,9 @@ def read_aggregate(bpf, func_ids) -> dict:
     return {"paths": paths, "order": order, "hist": hist, "max_depth": DEPTH,
             "depth_overflow": errs[0], "unmatched_returns": errs[1], "map_full": errs[2],
             "stale_frames": errs[3]}
+
+
+def plan_slots(plan) -> list[int]:
+    """The func ids (slots) a plan probes: its functions' and their inline sites' (for :func:`read_aggregate`)."""
+    return ([fp.func_id for fp in plan.probed()]
+            + [s["func_id"] for fp in plan.probed() for s in fp.inline_sites if s.get("func_id") is not None])

@@ -31,15 +31,30 @@ always.
 is experimental (``record --drain yield``): in the lab (2026-12-05) it cost as
 much as ``normal`` under a flood that keeps the ring buffer filling, and lost
 more events (README, Overhead).
+
+``defer`` (:class:`DeferGate`) changes *when* the thread reads, not its
+policy: records wait in the ring buffer while they keep arriving, and are
+read once no record has arrived for :data:`QUIET_S`, or at once when the ring
+buffer is half full (until it is below 1/8 again). A burst that fits in half
+the ring buffer then costs the traffic only the kernel's reserve and submit:
+no copy, no spool write, no wakeup of the drain thread while it lasts. In the
+lab VM (2026-12-05) page-cache writes beside a probed flood cost it a third
+of its rate (the spool's writes: README, Overhead), while a ring buffer left
+unread cost nothing measurable. The price is kernel memory: the ring buffer
+must hold the burst (``--ringbuf-pages``), and traffic that never pauses is
+drained at half full, as ``normal`` drains it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable
 
-DRAIN_CHOICES = ("normal", "yield")
+DRAIN_CHOICES = ("normal", "yield", "defer")
+#: ``defer``: seconds with no new record in the ring buffer after which what waits there is read.
+QUIET_S = 0.2
 #: A drain that finds the ring buffer at least this full (fraction of its size) switches to SCHED_OTHER.
 HIGH_WATER = 1 / 2
 #: A drain that finds it less full than this switches (back) to SCHED_IDLE.
@@ -144,3 +159,79 @@ class DrainScheduler:
             self._guard = None
         if self._armed and not self._broken:
             self._switch(False)
+
+
+class DeferGate:
+    """``--drain defer``: whether the drain thread reads the ring buffer now, from its positions.
+
+    Records wait in the ring buffer while the producer position keeps moving.
+    :meth:`due` says yes when (a) the backlog is at least :data:`HIGH_WATER` of
+    the ring buffer (it then stays yes until a call finds the backlog below
+    :data:`LOW_WATER`: the reader catches up as ``normal`` would), or (b)
+    something waits and the producer position has not moved for ``quiet_s``
+    seconds (traffic paused: the reader empties the ring buffer).
+
+    Args:
+        ring_bytes: the ring buffer's data size in bytes.
+        quiet_s: seconds without a new record before a pause counts (default :data:`QUIET_S`).
+        clock: monotonic seconds (tests replace it).
+
+    Attributes:
+        catch_ups: times a half-full ring buffer made the reader drain while records kept arriving.
+        pauses: times a pause in the traffic let the reader drain.
+    """
+
+    def __init__(self, ring_bytes: int, quiet_s: float = QUIET_S, clock: Callable[[], float] = time.monotonic):
+        if ring_bytes <= 0 or quiet_s < 0:
+            raise ValueError("ring_bytes must be > 0 and quiet_s >= 0")
+        self.ring_bytes = ring_bytes
+        self.quiet_s = quiet_s
+        self._clock = clock
+        self._prod: int | None = None
+        self._moved = clock()
+        self._catching_up = False
+        self._in_pause = False
+        self.catch_ups = 0
+        self.pauses = 0
+
+    def due(self, consumer: int, producer: int) -> bool:
+        """Whether to drain now, given the ring buffer's positions (bytes, as
+        :meth:`probes.ringread.RingReader.positions` returns them)."""
+        now = self._clock()
+        if producer != self._prod:
+            self._prod, self._moved = producer, now
+            self._in_pause = False
+        backlog = producer - consumer
+        if not self._catching_up and backlog >= self.ring_bytes * HIGH_WATER:
+            self._catching_up = True
+            self.catch_ups += 1
+        elif self._catching_up and backlog < self.ring_bytes * LOW_WATER:
+            self._catching_up = False
+        if self._catching_up:
+            return True
+        if backlog > 0 and now - self._moved >= self.quiet_s:
+            if not self._in_pause:
+                self._in_pause = True
+                self.pauses += 1
+            return True
+        return False
+
+
+def defer_gate(policy: str, ring_bytes: int, mmap_reader: bool,
+               progress: Callable[[str], None] = lambda m: None) -> DeferGate | None:
+    """The gate for ``policy`` (``defer``), or None for the other policies.
+
+    ``mmap_reader``: whether the ring buffer is read through its mapping
+    (:mod:`probes.ringread`); bcc's per-event callback cannot leave records
+    waiting, so without it ``defer`` drains as ``normal`` (one progress line says so).
+    Records are 48 bytes in the ring buffer (40 + the 8-byte header).
+    """
+    if policy != "defer":
+        return None
+    if not mmap_reader:
+        progress("drain: defer needs the mmap'd ring buffer reader; draining as normal")
+        return None
+    gate = DeferGate(ring_bytes)
+    progress(f"drain: defer: events wait in the ring buffer until none arrives for {gate.quiet_s:g} s, or until "
+             f"it is half full ({ring_bytes >> 20} MiB: about {ring_bytes // 48 // 2:,} events)")
+    return gate

@@ -70,6 +70,17 @@ def split_arg(kind: np.ndarray, arg: np.ndarray) -> tuple[np.ndarray, np.ndarray
 TRACE_COLUMNS = ("seq", "ts_ns", "kind", "func_id", "tid", "tgid", "cpu", "skb", "ifindex", "netns", "retval", "comm")
 
 
+def trace_rows(batch: np.ndarray, base: int, comm) -> list[tuple]:
+    """One tuple per record of ``batch`` (``EVENT_DTYPE``), in :data:`TRACE_COLUMNS` order.
+
+    ``base``: the ``seq`` of the first record; ``comm(tid, cpu) -> bytes``: the thread's name.
+    """
+    skb, retval = split_arg(batch["kind"], batch["arg"])
+    return [(base + i, int(e["ts_ns"]), int(e["kind"]), int(e["func_id"]), int(e["tid"]), int(e["tgid"]),
+             int(e["cpu"]), int(skb[i]), int(e["ifindex"]), int(e["netns"]), int(retval[i]),
+             comm(int(e["tid"]), int(e["cpu"]))) for i, e in enumerate(batch)]
+
+
 class FuncCfg(ctypes.Structure):
     """Mirror of ``struct func_cfg`` in bpf/callpath.bpf.c (8 bytes)."""
 

@@ -141,10 +141,15 @@ def check_vng_arg(what: str, value: str) -> str:
 
 #: vng's option for each TCG threading (constants: vng pastes them into its shell line as they are).
 TCG_OPTS = {"single": "--qemu-opts=-accel tcg,thread=single", "multi": "--qemu-opts=-accel tcg,thread=multi"}
+#: vng's option that backs all guest RAM with host memory at boot (QEMU ``-mem-prealloc``; it
+#: sets ``prealloc=on`` on every memory backend, virtme's memfd one included): no host page
+#: fault on a guest page's first touch.
+PREALLOC_OPT = "--qemu-opts=-mem-prealloc"
 
 
 def vng_command(kernel: LabKernel, inner: list[str], rwdirs: list[Path], cpus: int = 2, memory: str = "2G",
-                append: str | None = None, console: bool = False, tcg_threads: str = "single") -> list[str]:
+                append: str | None = None, console: bool = False, tcg_threads: str = "single",
+                prealloc: bool = False) -> list[str]:
     """The vng command line that runs ``inner`` in the lab VM.
 
     ``rwdirs`` should be directories callpath made itself (see
@@ -162,6 +167,10 @@ def vng_command(kernel: LabKernel, inner: list[str], rwdirs: list[Path], cpus: i
     in CI runs); under ``single`` 5 rounds of 5 passed, each taking the same
     time (about 130 s: recording is bound by one CPU's work under TCG).
 
+    ``prealloc``: back the guest's RAM with host memory before it boots
+    (:data:`PREALLOC_OPT`); the host then pays no page fault when the guest
+    first writes a page (benchmarks: ``bench_overhead.py --prealloc``).
+
     Raises:
         LabError: an option value is unsafe for vng.
     """
@@ -172,6 +181,8 @@ def vng_command(kernel: LabKernel, inner: list[str], rwdirs: list[Path], cpus: i
     if tcg_threads not in TCG_OPTS:
         raise LabError(f"tcg_threads must be single or multi, not {tcg_threads!r}")
     cmd.append(TCG_OPTS[tcg_threads])
+    if prealloc:
+        cmd.append(PREALLOC_OPT)
     cmd += ["--run", check_vng_arg("the kernel image", str(kernel.image)), "--disable-kvm",
            "--cpus", check_vng_arg("--cpus", str(cpus)), "--memory", check_vng_arg("--memory", memory)]
     for d in rwdirs:
@@ -222,7 +233,7 @@ class LabGuestError(LabError):
 def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress=lambda m: None,
                timeout_s: float = 1500, append: str | None = None, cwd: Path | None = None,
                silent_s: float = 900, attempts: int = 2, console_log: Path | None = None,
-               tcg_threads: str = "single", memory: str = "2G") -> int:
+               tcg_threads: str = "single", memory: str = "2G", prealloc: bool = False) -> int:
     """Boot the lab VM, run ``inner`` in it, stream its output as progress lines.
 
     vng runs in a session of its own, registered with :mod:`probes.runstate`
@@ -237,7 +248,7 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
     under TCG such a guest never finishes (measured: a soft lockup while
     ftrace patched text, see :mod:`probes.labconsole`). ``console_log``, when
     given, receives the kernel lines of the last boot. ``tcg_threads`` and
-    ``memory`` (the guest's RAM, vng's ``--memory``): see :func:`vng_command`.
+    ``memory`` (the guest's RAM, vng's ``--memory``) and ``prealloc``: see :func:`vng_command`.
 
     Returns:
         the exit status of ``inner`` as vng reports it.
@@ -257,7 +268,7 @@ def run_in_lab(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress
             console = GuestConsole()
             try:
                 return _run(kernel, inner, rwdirs, progress, timeout_s, append, cwd, silent_s, console,
-                            tcg_threads, memory)
+                            tcg_threads, memory, prealloc)
             except LabGuestError as err:
                 if attempt >= attempts:
                     raise
@@ -303,18 +314,19 @@ FATAL_GRACE_S = 20.0
 
 def _run(kernel: LabKernel, inner: list[str], rwdirs: list[Path], progress, timeout_s: float,
          append: str | None, cwd: Path | None, silent_s: float, console: GuestConsole,
-         tcg_threads: str = "single", memory: str = "2G") -> int:
+         tcg_threads: str = "single", memory: str = "2G", prealloc: bool = False) -> int:
     import queue
     import threading
 
     from . import runstate
 
-    cmd = vng_command(kernel, inner, rwdirs, memory=memory, append=append, console=True, tcg_threads=tcg_threads)
+    cmd = vng_command(kernel, inner, rwdirs, memory=memory, append=append, console=True, tcg_threads=tcg_threads,
+                      prealloc=prealloc)
     env = dict(os.environ)
     # vng looks for its helpers (virtme-run ...) on PATH
     env["PATH"] = str(Path(find_vng()).parent) + os.pathsep + env.get("PATH", "")
     progress(f"booting lab VM: kernel {kernel.release}, QEMU TCG (no KVM, {tcg_threads}-threaded), 2 CPUs, "
-             f"{memory} of memory")
+             f"{memory} of memory" + (" (preallocated)" if prealloc else ""))
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -28,8 +28,8 @@ from ..bpf import handler_names
 from .bpfgen import fentry_candidates, fentry_names, program_text
 from .cflags import bpf_cflags
 from .drainguard import GuardProcess
-from .drainsched import DRAIN_CHOICES, HIGH_WATER, DrainScheduler
-from .event import EVENT_DTYPE, FuncCfg, comm_name, split_arg
+from .drainsched import DRAIN_CHOICES, HIGH_WATER, DeferGate, DrainScheduler, defer_gate
+from .event import EVENT_DTYPE, FuncCfg, comm_name, trace_rows
 from .fentry import FentryError, FentryLinks
 from .filters import Filters
 from .modindex import loaded_modules
@@ -78,16 +78,16 @@ class Recorder:
         sink: callable receiving batches (numpy structured arrays, ``probes.event.EVENT_DTYPE``)
             from the poll thread, at most ``batch_events`` rows, at least every 0.5 s while
             events flow. None: events are kept in ``rows`` (tuples, TRACE_COLUMNS order).
-        drain: ``normal`` (default): the thread draining the ring buffer runs at SCHED_OTHER;
-            ``yield`` (experimental): at SCHED_IDLE while it keeps up, set back to SCHED_OTHER
-            by a guard process when the ring buffer is half full (:mod:`probes.drainsched`;
-            it can lose events under a flood). Only the mmap'd reader switches (bcc's
-            per-event callback stays at SCHED_OTHER).
+        drain: ``normal`` (default; the drain thread at SCHED_OTHER), ``yield`` (experimental;
+            SCHED_IDLE while it keeps up) or ``defer`` (records wait in the ring buffer until
+            traffic pauses or it is half full): :mod:`probes.drainsched`. bcc's per-event
+            callback (no mmap'd reader) drains as ``normal``.
 
     Attributes after exit:
         events: events delivered (int). lost: events the kernel dropped (ring buffer full),
         ``lost_per_cpu``: the same per CPU (list, index = CPU). attach: an :class:`AttachReport`.
-        drain_boosts: times a half-full ring buffer sent the drain thread back to SCHED_OTHER.
+        drain_boosts: times a half-full ring buffer sent the drain thread back to SCHED_OTHER
+        (``yield``) or made it drain while records kept arriving (``defer``).
         aggregate: None, or ``{"paths", "order", "hist", "max_depth", "depth_overflow",
         "unmatched_returns", "map_full"}`` (func ids: plan slots; see :mod:`probes.aggread`).
 
@@ -344,7 +344,9 @@ class Recorder:
             self.progress(f"counting in the kernel: {now - self._t_attach:.0f} s, {lost} lost")
         else:
             rate = (self.events - n_prev) / max(now - t_prev, 1e-9) if t_prev else 0.0
-            self.progress(f"recording: {self.events:,} events ({rate:,.0f}/s drained), {lost:,} lost")
+            waiting = (f", {self._ring.backlog() // (EVENT_DTYPE.itemsize + 8):,} waiting in the ring buffer"
+                       if self.drain == "defer" and self._ring else "")
+            self.progress(f"recording: {self.events:,} events ({rate:,.0f}/s drained){waiting}, {lost:,} lost")
         self._last_report = (now, self.events)
 
     def comms(self) -> dict[int, bytes]:
@@ -371,12 +373,7 @@ class Recorder:
         if self.sink is not None:
             self.sink(batch)
         else:
-            base = len(self.rows)
-            skb, retval = split_arg(batch["kind"], batch["arg"])
-            for i, e in enumerate(batch):
-                self.rows.append((base + i, int(e["ts_ns"]), int(e["kind"]), int(e["func_id"]), int(e["tid"]),
-                                  int(e["tgid"]), int(e["cpu"]), int(skb[i]), int(e["ifindex"]), int(e["netns"]),
-                                  int(retval[i]), self._comm(int(e["tid"]), int(e["cpu"]))))
+            self.rows.extend(trace_rows(batch, len(self.rows), self._comm))
 
     def _drain(self) -> int:
         """One pass over the ring buffer; returns the events delivered."""
@@ -401,15 +398,17 @@ class Recorder:
             # 1/8 of the records a full ring buffer holds (40-byte records, 8-byte headers)
             ring_bytes = self.ringbuf_pages * 4096
             eighth = ring_bytes // (EVENT_DTYPE.itemsize + 8) // 8
+            gate = defer_gate(self.drain if not self.aggregate_mode else "normal", ring_bytes,
+                              self._ring is not None, self.progress)
             sched = DrainScheduler(
                 self.drain if self._ring is not None else "normal", ring_bytes, progress=self.progress,
                 guard=lambda tid: GuardProcess(self._bpf["events"].map_fd, ring_bytes, tid, HIGH_WATER))
             sched.start()
             try:
-                self._poll_loop(sched, eighth)
+                self._poll_loop(sched, eighth, gate)
             finally:
                 sched.finish()
-                self.drain_boosts = sched.boosts + sched.guard_boosts
+                self.drain_boosts = gate.catch_ups if gate is not None else sched.boosts + sched.guard_boosts
             if not self.aggregate_mode:
                 while self._drain() >= self.batch_events:
                     pass
@@ -418,13 +417,15 @@ class Recorder:
         except BaseException as err:  # surfaced in __exit__
             self._poll_error = err
 
-    def _poll_loop(self, sched: DrainScheduler, eighth: int) -> None:
+    def _poll_loop(self, sched: DrainScheduler, eighth: int, gate: DeferGate | None = None) -> None:
         while not self._stop.is_set():
             if sched.active:  # only under --drain yield with the mmap'd reader: no position reads otherwise
                 sched.update(self._ring.backlog())
                 self.drain_boosts = sched.boosts
             if self.aggregate_mode:
                 self._stop.wait(0.1)
+            elif gate is not None and not gate.due(*self._ring.positions()):
+                self._stop.wait(POLL_S)  # defer: the records wait in the ring buffer
             elif self._drain() < eighth:
                 # paced: a reader that goes again as soon as it got anything spins on a CPU the
                 # workload needs (measured, lab VM: it halved a flood's rate). A ring buffer less
@@ -472,11 +473,9 @@ class Recorder:
             self.lost = sum(self.lost_per_cpu)
             self._comms_final = self.comms()
             if self.aggregate_mode:
-                from .aggread import read_aggregate  # noqa: PLC0415
+                from .aggread import plan_slots, read_aggregate  # noqa: PLC0415
 
-                self.aggregate = read_aggregate(self._bpf, [fp.func_id for fp in self.plan.probed()]
-                                                + [s["func_id"] for fp in self.plan.probed()
-                                                   for s in fp.inline_sites if s.get("func_id") is not None])
+                self.aggregate = read_aggregate(self._bpf, plan_slots(self.plan))
         finally:
             self._links.close()
             if self._ring is not None:

@@ -286,7 +286,8 @@ def record(
             Parquet only after the run, so the run spends no CPU on it
             (:class:`probes.stream.TraceStream` ``convert_during=False``).
         drain: ``normal`` (default: the ring buffer's drain thread at SCHED_OTHER) or
-            ``yield`` (experimental: at SCHED_IDLE while it keeps up; :mod:`probes.drainsched`).
+            ``yield`` (experimental: at SCHED_IDLE while it keeps up) or ``defer`` (events wait in the
+            ring buffer until traffic pauses or it is half full); :mod:`probes.drainsched`.
 
     Returns:
         the Parquet path. Its metadata's ``lost`` (and ``lost_per_cpu``) count

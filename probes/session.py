@@ -91,7 +91,7 @@ class Probing:
         dev: ``--dev``: an interface name (in ``netns``, else in callpath's own netns).
         pid: ``--pid``: a process id (its thread group is kept).
         convert_after: ``--convert-after``: Parquet is written after the run, not during it.
-        drain: ``--drain``: ``yield`` or ``normal`` (:mod:`probes.drainsched`).
+        drain: ``--drain``: ``normal``, ``yield`` or ``defer`` (:mod:`probes.drainsched`).
     """
 
     probes: str = "auto"
