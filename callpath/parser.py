@@ -20,6 +20,8 @@ examples:
   callpath verify --probes kprobe --aggregate     # kprobes only; count in the kernel, no event stream
   sudo callpath record specs/ --out t.parquet -- ./my-traffic.sh
   sudo callpath record specs/ --out t.parquet --pid 1234 --until-interrupt    # one process's calls
+  sudo callpath record specs/ --out t.parquet --drain defer --ringbuf-pages 65536 -- ./burst.sh
+                                                  # bursts wait in a 256 MiB ring buffer, written in pauses
   callpath report callpath-report/trace.parquet --out /tmp/again
   callpath report /tmp/k/6.1.0-56-amd64 /tmp/k/6.12.117+deb12-amd64 --out /tmp/k   # compare traces
   callpath lint specs/*                           # static check against the running kernel

@@ -77,7 +77,7 @@ class Recorder:
             streaming events; read ``aggregate`` after exit.
         sink: callable receiving batches (numpy structured arrays, ``probes.event.EVENT_DTYPE``)
             from the poll thread, at most ``batch_events`` rows, at least every 0.5 s while
-            events flow. None: events are kept in ``rows`` (tuples, TRACE_COLUMNS order).
+            events flow (under ``defer``: in pauses). None: events are kept in ``rows``.
         drain: ``normal`` (default; the drain thread at SCHED_OTHER), ``yield`` (experimental;
             SCHED_IDLE while it keeps up) or ``defer`` (records wait in the ring buffer until
             traffic pauses or it is half full): :mod:`probes.drainsched`. bcc's per-event

@@ -11,7 +11,8 @@ A. ``callpath record DOC --load-modules -- graph_around.py OUT br_handle_frame b
 B. ``callpath record DOC -- bridge_traffic.py`` without ``--load-modules``:
    the bridge module arrives with the traffic (callpath unloaded it after A),
    and its functions are attached when it does;
-C. as A's traffic with ``--probes kprobe`` (A took fentry/fexit where it could);
+C. as A's traffic with ``--probes kprobe`` (A took fentry/fexit where it could) and
+   ``--drain defer`` (events wait in the ring buffer until the traffic pauses);
 D. as A's traffic with ``--aggregate`` (counted in BPF maps, no events);
 E. as A's traffic with ``--dev lo``: an in-kernel filter no packet of it passes.
 
@@ -102,7 +103,8 @@ def lab_run(tmp_path_factory):
         # issue 12: the same traffic under kprobes only, and counted in the kernel;
         # A took fentry/fexit wherever the kernel allows (--probes auto, the default)
         "echo groundtruth: C start $(date +%s)",
-        shlex.join([*rec, "--load-modules", "--probes", "kprobe", "--out", str(stage / "c.parquet"), "--", *traffic]),
+        shlex.join([*rec, "--load-modules", "--probes", "kprobe", "--drain", "defer", "--out", str(stage / "c.parquet"),
+                    "--", *traffic]),
         "echo groundtruth: D start $(date +%s)",
         shlex.join([*rec, "--load-modules", "--aggregate", "--out", str(stage / "d.parquet"), "--", *traffic]),
         # in-kernel filter: the init netns's loopback carries none of the bridge traffic
@@ -154,8 +156,9 @@ def test_module_arriving_with_the_traffic_is_probed(lab_run):
 
 
 def test_fentry_kprobe_and_counting_give_the_same_verdicts(lab_run):
-    """Issue 12: per-event fentry (A), per-event kprobe (C) and counting mode (D) agree on
-    every step of the same traffic, and A really used fentry/fexit for module functions."""
+    """Issue 12: per-event fentry (A), per-event kprobe with the deferred drain (C) and counting
+    mode (D) agree on every step of the same traffic, and A really used fentry/fexit for module
+    functions."""
     _spec, _graph, reports, stage = lab_run
     a, c, d = (_steps(reports[k]) for k in "acd")
     table = {f: (a[f]["verdict"], c[f]["verdict"], d[f]["verdict"], a[f]["count"], c[f]["count"], d[f]["count"])
@@ -173,6 +176,7 @@ def test_fentry_kprobe_and_counting_give_the_same_verdicts(lab_run):
     assert any(f.get("probe") == "fentry" and f.get("module") == "bridge" for f in plan_a.values()), probes_a
     assert all(reason for probe, reason in probes_a.values() if probe == "kprobe"), probes_a
     assert all(f.get("probe") in (None, "kprobe", "inline-site") for f in meta_c["plan"]["functions"].values())
+    assert meta_c["drain"]["policy"] == "defer" and meta_c["lost"] == 0, (meta_c["drain"], meta_c["lost"])
     assert meta_d.get("mode") == "aggregate" and meta_d["aggregate"]["paths"], meta_d.get("mode")
     # every timed return is in its function's log2 histogram, whether counted in its path's window
     # of buckets or in the per-function map (bpf/callpath_stack.h count_path)
