@@ -52,6 +52,8 @@ import threading
 import time
 from typing import Callable
 
+from .ringread import SLOT
+
 DRAIN_CHOICES = ("normal", "yield", "defer")
 #: ``defer``: seconds with no new record in the ring buffer after which what waits there is read.
 QUIET_S = 0.2
@@ -224,7 +226,6 @@ def defer_gate(policy: str, ring_bytes: int, mmap_reader: bool,
     ``mmap_reader``: whether the ring buffer is read through its mapping
     (:mod:`probes.ringread`); bcc's per-event callback cannot leave records
     waiting, so without it ``defer`` drains as ``normal`` (one progress line says so).
-    Records are 48 bytes in the ring buffer (40 + the 8-byte header).
     """
     if policy != "defer":
         return None
@@ -233,5 +234,5 @@ def defer_gate(policy: str, ring_bytes: int, mmap_reader: bool,
         return None
     gate = DeferGate(ring_bytes)
     progress(f"drain: defer: events wait in the ring buffer until none arrives for {gate.quiet_s:g} s, or until "
-             f"it is half full ({ring_bytes >> 20} MiB: about {ring_bytes // 48 // 2:,} events)")
+             f"it is half full ({ring_bytes >> 20} MiB: about {ring_bytes // SLOT // 2:,} events)")
     return gate

@@ -34,7 +34,7 @@ from .fentry import FentryError, FentryLinks
 from .filters import Filters
 from .modindex import loaded_modules
 from .plan import MODULE_NOT_LOADED, ProbePlan
-from .ringread import RingError, RingReader
+from .ringread import SLOT, RingError, RingReader
 
 
 class ProbeError(RuntimeError):
@@ -344,7 +344,7 @@ class Recorder:
             self.progress(f"counting in the kernel: {now - self._t_attach:.0f} s, {lost} lost")
         else:
             rate = (self.events - n_prev) / max(now - t_prev, 1e-9) if t_prev else 0.0
-            waiting = (f", {self._ring.backlog() // (EVENT_DTYPE.itemsize + 8):,} waiting in the ring buffer"
+            waiting = (f", {self._ring.backlog() // SLOT:,} waiting in the ring buffer"
                        if self.drain == "defer" and self._ring else "")
             self.progress(f"recording: {self.events:,} events ({rate:,.0f}/s drained){waiting}, {lost:,} lost")
         self._last_report = (now, self.events)
@@ -395,9 +395,9 @@ class Recorder:
         try:
             self._last_report = (time.monotonic(), 0)
             self._next_report = time.monotonic() + 2.0
-            # 1/8 of the records a full ring buffer holds (40-byte records, 8-byte headers)
+            # 1/8 of the records a full ring buffer holds
             ring_bytes = self.ringbuf_pages * 4096
-            eighth = ring_bytes // (EVENT_DTYPE.itemsize + 8) // 8
+            eighth = ring_bytes // SLOT // 8
             gate = defer_gate(self.drain if not self.aggregate_mode else "normal", ring_bytes,
                               self._ring is not None, self.progress)
             sched = DrainScheduler(

@@ -29,6 +29,8 @@ import numpy as np
 from .event import EVENT_DTYPE
 
 HDR = 8
+#: Bytes one record takes in the ring buffer: header + ``struct callpath_event``, rounded up to 8 (48).
+SLOT = HDR + EVENT_DTYPE.itemsize + (-(HDR + EVENT_DTYPE.itemsize)) % 8
 BUSY = 1 << 31
 DISCARD = 1 << 30
 
@@ -51,8 +53,7 @@ class RingReader:
     def __init__(self, map_fd: int, size: int):
         self.size = size
         self.page = mmap.PAGESIZE
-        self.slot = HDR + EVENT_DTYPE.itemsize
-        self.slot += (-self.slot) % 8
+        self.slot = SLOT
         try:
             self._cons = mmap.mmap(map_fd, self.page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
             self._prod = mmap.mmap(map_fd, self.page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
